@@ -1,0 +1,251 @@
+"""One frozen dataclass per command; the CLI flags are generated from these fields.
+
+Defaults live here only. Each field's `metadata` carries its help text (and choices);
+checks raise ConfigError naming the flag, never `assert`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+METHODS = ("wsp", "positional", "supcon", "simclr", "pcl")
+ENCODER_NAMES = ("tinynet", "resnet18")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with CLI help text (and optional `choices`, `flag`, `positional`)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def req(help: str, **extra: Any) -> Any:
+    """A required dataclass field (a required flag on the command line)."""
+    return field(metadata={"help": help, "required": True, **extra})
+
+
+def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, strict_lo: bool = False) -> None:
+    flag = "--" + name.replace("_", "-")
+    if lo is not None and (value <= lo if strict_lo else value < lo):
+        raise ConfigError(f"{flag} {value}: must be {'>' if strict_lo else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{flag} {value}: must be <= {hi}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a CT becomes liver slices; stored in caches and model bundles."""
+
+    window_min_hu: float = opt(-160.0, "lower end of the HU window (liver window W400/L40 by default)")
+    window_max_hu: float = opt(240.0, "upper end of the HU window")
+    image_size: int = opt(224, "side of the square model input in pixels")
+    margin_mm: float = opt(10.0, "margin around the liver bounding box, in mm")
+    liver_label: Optional[int] = opt(None, "mask value of the liver; default: every non-zero voxel (required for multi-label masks)")
+
+    def __post_init__(self) -> None:
+        if not self.window_max_hu > self.window_min_hu:
+            raise ConfigError(f"--window-max-hu {self.window_max_hu} must be above --window-min-hu {self.window_min_hu}")
+        _check_range("image_size", self.image_size, 16, 1024)
+        _check_range("margin_mm", self.margin_mm, 0.0, 200.0)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: Path = req("output folder of the synthetic cohort")
+    patients: int = opt(120, "number of weak-labelled (pretraining) patients")
+    histo_patients: int = opt(50, "number of histology-labelled patients (a separate set)")
+    cirrhosis_fraction: float = opt(0.3, "fraction of histology patients with cirrhosis (stage 4)")
+    size: int = opt(96, "in-plane matrix of the phantoms (voxels)")
+    seed: int = opt(0, "random seed")
+    force: bool = opt(False, "replace an existing output folder")
+
+    def __post_init__(self) -> None:
+        _check_range("patients", self.patients, 0)
+        _check_range("histo_patients", self.histo_patients, 0)
+        _check_range("cirrhosis_fraction", self.cirrhosis_fraction, 0.0, 1.0)
+        _check_range("size", self.size, 32, 1024)
+
+
+@dataclass(frozen=True)
+class PreprocessCmdConfig:
+    manifest: Path = req("cohort CSV (patient_id,image,liver_mask,weak_label,histo_label)")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    preview: Optional[Path] = opt(None, "write a PNG preview of a few patients' slices here")
+    skip_bad: bool = opt(False, "skip bad manifest rows / unreadable patients (listed) instead of stopping")
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by pretrain and finetune."""
+
+    epochs: int = opt(40, "number of epochs")
+    batch_size: int = opt(64, "slices per batch (global, over all ranks)")
+    lr: float = opt(1e-4, "peak learning rate (Adam, cosine schedule)")
+    weight_decay: float = opt(1e-5, "Adam weight decay")
+    seed: int = opt(0, "random seed (weights, sampling, augmentation)")
+    device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
+    bf16: bool = opt(False, "bfloat16 autocast + channels_last (faster on recent CPUs and GPUs)")
+    accumulate: int = opt(1, "split each contrastive batch into this many chunks (gradient caching: same loss, less memory)")
+    resume: bool = opt(False, "continue an interrupted run in --out")
+    force: bool = opt(False, "replace an existing run folder")
+
+    def __post_init__(self) -> None:
+        _check_range("epochs", self.epochs, 1)
+        _check_range("batch_size", self.batch_size, 2)
+        _check_range("lr", self.lr, 0.0, strict_lo=True)
+        _check_range("weight_decay", self.weight_decay, 0.0)
+        _check_range("accumulate", self.accumulate, 1)
+        if self.resume and self.force:
+            raise ConfigError("--resume and --force exclude each other")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    manifest: Path = req("weak-labelled cohort CSV")
+    out: Path = req("run folder")
+    method: str = opt("wsp", "contrastive loss preset", choices=METHODS)
+    encoder: str = opt("tinynet", "backbone", choices=ENCODER_NAMES)
+    sigma: float = opt(0.85, "width of the positional Gaussian kernel on d in [0, 1] (inf = no position)")
+    tau: float = opt(0.1, "temperature")
+    threshold: float = opt(0.1, "PCL position window")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.encoder not in ENCODER_NAMES:
+            raise ConfigError(f"--encoder {self.encoder!r}: choose one of {', '.join(ENCODER_NAMES)}")
+        _check_range("sigma", self.sigma, 0.0, strict_lo=True)
+        _check_range("tau", self.tau, 0.0, strict_lo=True)
+        _check_range("threshold", self.threshold, 0.0, 1.0, strict_lo=True)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    manifest: Path = req("histology-labelled cohort CSV")
+    out: Path = req("run folder")
+    init: Optional[str] = opt(None, "pretrain run folder to start from (default: random init; 'none' too)")
+    encoder: str = opt("tinynet", "backbone when --init is not given", choices=ENCODER_NAMES)
+    freeze: bool = opt(False, "train only the classifier head on frozen features")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, lr=1e-4))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    manifest: Path = req("histology-labelled cohort CSV")
+    encoder: str = req("pretrain run folder, or 'none' (random init, given --arch)")
+    json: Path = req("write the results here (JSON)")
+    arch: str = opt("tinynet", "backbone for --encoder none", choices=ENCODER_NAMES)
+    folds: int = opt(5, "stratified folds over patients")
+    protocols: str = opt("frozen,finetune", "comma-separated: frozen (logistic regression on pooled features), finetune")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, lr=1e-4))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        _check_range("folds", self.folds, 2)
+        bad = set(self.protocols.split(",")) - {"frozen", "finetune"}
+        if bad:
+            raise ConfigError(f"--protocols: unknown {sorted(bad)}; choose from frozen, finetune")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    weak: Path = req("weak-labelled cohort CSV (pretraining)")
+    strong: Path = req("histology-labelled cohort CSV (evaluation)")
+    out: Path = req("output folder (results.json, results.md, plot)")
+    methods: str = opt("none,simclr,supcon,positional,pcl,wsp", "comma-separated methods; none = random init")
+    encoders: str = opt("tinynet", "comma-separated encoders")
+    seeds: str = opt("0,1,2", "comma-separated seeds")
+    sigmas: str = opt("", "optional WSP sigma ablation, e.g. 0.1,0.25,0.5,0.85,inf")
+    epochs: int = opt(10, "pretraining epochs")
+    finetune_epochs: int = opt(5, "fine-tuning epochs per fold")
+    folds: int = opt(5, "stratified folds over patients")
+    protocols: str = opt("frozen,finetune", "comma-separated evaluation protocols")
+    batch_size: int = opt(64, "pretraining batch size")
+    lr: float = opt(1e-4, "pretraining learning rate")
+    device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
+    bf16: bool = opt(False, "bfloat16 autocast + channels_last")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside each manifest)")
+    resume: bool = opt(False, "skip grid cells already in --out/results.json")
+    force: bool = opt(False, "replace an existing output folder")
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(image_size=64))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: Path = req("finetune run folder")
+    out: Path = req("bundle folder to write")
+    name: str = opt("", "model name shown to users (default: derived from the run)")
+    force: bool = opt(False, "replace an existing bundle folder")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    ct: Path = req("CT file / DICOM folder, or a cohort CSV for batch mode", positional=True)
+    out: Path = req("output folder")
+    liver_mask: Optional[Path] = opt(None, "liver mask (file or DICOM folder); required unless TotalSegmentator is installed and --auto-mask")
+    liver_label: Optional[int] = opt(None, "mask value of the liver in a multi-label mask")
+    auto_mask: bool = opt(False, "segment the liver with TotalSegmentator when it is installed and no mask is given")
+    model: Optional[Path] = opt(None, "model bundle folder (default: the bundled demonstration model)")
+    device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
+    batch_size: int = opt(32, "slices per forward pass")
+    force: bool = opt(False, "replace an existing output folder")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict of a (nested) config; paths become strings, inf stays 'inf'."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, float) and math.isinf(v):
+            return "inf"
+        return v
+
+    return conv(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config saved by `to_dict` (unknown keys -> ConfigError)."""
+    kwargs: dict[str, Any] = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"config: unknown key {key!r} for {cls.__name__}")
+        f = names[key]
+        typ = f.type if not isinstance(f.type, str) else _resolve(f.type)
+        if dataclasses.is_dataclass(typ):
+            value = from_dict(typ, value)
+        elif value == "inf":
+            value = math.inf
+        elif value is not None and "Path" in str(f.type):
+            value = Path(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _resolve(type_name: str) -> Any:
+    return {"PreprocessConfig": PreprocessConfig, "TrainConfig": TrainConfig}.get(type_name, type_name)
+
+
+def load_config(cls: type, path: Path) -> Any:
+    """Read a config.json written in a run folder (the `config` key) back into `cls`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    return from_dict(cls, data.get("config", data))
