@@ -44,7 +44,9 @@ def _parse_label(text: str, column: str, allowed: range) -> tuple[Optional[int],
         value = float(text)
     except ValueError:
         return None, f"{column} {text!r} is not an integer"
-    if value != int(value) or int(value) not in allowed:
+    if value != int(value):
+        return None, f"{column} {text!r} is not an integer"
+    if int(value) not in allowed:
         return None, f"{column} {text!r} out of range ({allowed.start}..{allowed.stop - 1})"
     return int(value), None
 
