@@ -112,7 +112,7 @@ def test_bf16_autocast_gives_finite_float32_loss_close_to_fp32(gen):
     mixed.backward()
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed)
     assert torch.isfinite(head.weight.grad).all()
-    torch.testing.assert_close(mixed, fp32, rtol=2e-2, atol=0)
+    torch.testing.assert_close(mixed, fp32, rtol=5e-3, atol=0)  # observed <= 1e-3
 
 
 def test_weighted_info_nce_normalises_rows_and_ignores_zero_weight_self(gen):

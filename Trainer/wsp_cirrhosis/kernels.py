@@ -45,7 +45,7 @@ def gaussian(a: torch.Tensor, b: torch.Tensor, *, sigma: float) -> torch.Tensor:
         ValueError: if ``sigma`` is not positive.
     """
     if not sigma > 0:
-        raise ValueError(f"sigma must be > 0 (math.inf disables the positional kernel), got {sigma}")
+        raise ValueError(f"sigma must be > 0 (math.inf turns the kernel off), got {sigma}")
     if math.isinf(sigma):
         return ones(a, b)
     diff = a[:, None] - b[None, :]
@@ -67,7 +67,7 @@ def window(a: torch.Tensor, b: torch.Tensor, *, threshold: float) -> torch.Tenso
         ValueError: if ``threshold`` is not positive (the twin would lose its weight).
     """
     if not threshold > 0:
-        raise ValueError(f"threshold must be > 0 so that equal positions stay positive, got {threshold}")
+        raise ValueError(f"threshold must be > 0 to keep equal positions positive, got {threshold}")
     return ((a[:, None] - b[None, :]).abs() < threshold).to(_float_dtype(a))
 
 

@@ -12,17 +12,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .distributed import (
-    all_gather_no_grad,
-    all_gather_with_grad,
-    get_rank,
-    get_world_size,
-    mean_over_ranks,
-)
+from . import distributed
 from .kernels import dirac, gaussian, window
 
-# name -> weight function of (ids, labels, positions, params) -> (n, m) sample weights. ids,
-# labels, positions are pairs (anchor values (n,), candidate values (m,)), or None if not given.
+# name -> weight function of (ids, labels, positions, p) -> (n, m) sample weights, called with
+# those keywords. ids, labels, positions: pairs (anchor values (n,), candidate values (m,)), or
+# None when not given; p: {"sigma": ..., "threshold": ...}.
 PRESETS: dict[str, Callable[..., torch.Tensor]] = {
     "simclr": lambda ids, labels, positions, p: dirac(*ids),
     "supcon": lambda ids, labels, positions, p: dirac(*labels),
@@ -39,7 +34,7 @@ _NEEDS = {
 
 
 def weighted_info_nce(sim: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over anchors of ``-sum_i w_norm(t, i) * log_softmax(sim)(t, i)``.
+    """Mean over anchors t of ``-sum_i w_norm(t, i) log_softmax(sim)(t, i)``, w_norm = w / row sum.
 
     Args:
         sim: (n, m) float, anchors (rows) against candidates (columns), already divided by tau,
@@ -54,10 +49,18 @@ def weighted_info_nce(sim: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     with torch.autocast(sim.device.type, enabled=False):
         log_prob = torch.log_softmax(sim.to(dtype), dim=-1)
         weights = weights.to(dtype)
-        w_norm = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         # Self (log_prob = -inf) and every zero-weight pair contribute exactly 0: no 0 * (-inf).
-        log_prob = torch.where(weights > 0, log_prob, torch.zeros_like(log_prob))
-        return -(w_norm * log_prob).sum(dim=-1).mean()
+        log_prob = torch.where(weights > 0, log_prob, 0.0)
+        # Dividing by the (n,) row sums rather than normalising the (n, m) weights saves a pass.
+        row_sums = weights.sum(dim=-1).clamp_min(torch.finfo(dtype).tiny)
+        return -((weights * log_prob).sum(dim=-1) / row_sums).mean()
+
+
+def _fill_self_(matrix: torch.Tensor, n: int, m: int, rank: int, value: float) -> torch.Tensor:
+    """Set each anchor's own column of the (2n, 2m) block to `value`, in place (two diagonals)."""
+    matrix[:n].diagonal(rank * n).fill_(value)
+    matrix[n:].diagonal(m + rank * n).fill_(value)
+    return matrix
 
 
 def _check(method: str, z1: torch.Tensor, z2: torch.Tensor, given: dict, tau: float) -> None:
@@ -120,30 +123,28 @@ def contrastive_loss(
         Scalar tensor (float32, or float64 for float64 inputs).
 
     Raises:
-        ValueError: unknown method (with the valid names and the closest one), a missing
-            ``labels`` / ``positions``, mismatched shapes, or a non-positive tau / sigma / threshold.
+        ValueError: unknown method (with the valid names and the closest one), missing
+            ``labels`` / ``positions``, mismatched shapes, non-positive tau / sigma / threshold.
     """
     _check(method, z1, z2, {"labels": labels, "positions": positions}, tau)
-    n, rank, world = z1.shape[0], get_rank(), get_world_size()
+    n, rank, world = z1.shape[0], distributed.get_rank(), distributed.get_world_size()
     dtype, device = torch.promote_types(z1.dtype, torch.float32), z1.device
     with torch.autocast(device.type, enabled=False):
         z1, z2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
-        anchors = torch.cat([z1, z2])  # (2n, D): view 1 then view 2
-        gathered = all_gather_with_grad(torch.cat([z1, z2], dim=1))  # (m, 2D), one collective
-        candidates = torch.cat(gathered.chunk(2, dim=1))  # (2m, D), same layout as anchors
+        gathered = distributed.all_gather_with_grad(torch.cat([z1, z2], dim=1))  # (m, 2D): 1 call
+        candidates = torch.cat(gathered.chunk(2, dim=1))  # (2m, D): all view 1, then all view 2
+        anchors = torch.cat([z1, z2]) / tau  # (2n, D), tau folded in on the small side
         m = gathered.shape[0]
         ids = torch.arange(m, device=device)
-        local = {"labels": labels, "positions": None if positions is None else positions.to(dtype)}
-        pairs = {k: None if v is None else (v, all_gather_no_grad(v)) for k, v in local.items()}
-        params = {"sigma": sigma, "threshold": threshold}
-        local_ids = ids[rank * n : (rank + 1) * n]
-        sample_w = PRESETS[method]((local_ids, ids), pairs["labels"], pairs["positions"], params)
-        rows = torch.arange(2 * n, device=device)
-        own_col = rows % n + rank * n + (rows >= n) * m  # each anchor's own column among the 2m
-        is_self = torch.arange(2 * m, device=device)[None, :] == own_col[:, None]
-        weights = sample_w.to(dtype).repeat(2, 2).masked_fill(is_self, 0.0)
-        sim = (anchors @ candidates.T / tau).masked_fill(is_self, float("-inf"))
+        pairs = {"ids": (ids[rank * n : (rank + 1) * n], ids), "labels": None, "positions": None}
+        for name, value in (("labels", labels), ("positions", positions)):
+            if value is not None:  # kernels run on z's device; positions in the loss dtype
+                value = value.to(device, dtype if name == "positions" else value.dtype)
+                pairs[name] = (value, distributed.all_gather_no_grad(value))
+        sample_w = PRESETS[method](**pairs, p={"sigma": sigma, "threshold": threshold})
+        weights = _fill_self_(sample_w.to(dtype).repeat(2, 2), n, m, rank, 0.0)
+        sim = _fill_self_(anchors @ candidates.T, n, m, rank, float("-inf"))
         loss = weighted_info_nce(sim, weights)
     if world > 1:  # report the global value, keep the local (DDP-scaled) gradient
-        loss = loss + (mean_over_ranks(loss) - loss).detach()
+        loss = loss + (distributed.mean_over_ranks(loss) - loss).detach()
     return loss

@@ -93,7 +93,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int = 512, hidden: int = 256, out: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out)
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Args: h: (B, in_dim) features. Returns: (B, out) projections z (not normalised)."""
