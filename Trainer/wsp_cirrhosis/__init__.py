@@ -1,3 +1,25 @@
-"""WSPCirrhosis trainer: weakly-supervised positional contrastive learning on liver CT slices."""
+"""WSPCirrhosis trainer: weakly-supervised positional contrastive learning on liver CT slices.
+
+Public names (imported lazily, so `wsp-cirrhosis --help` does not load torch):
+`contrastive_loss`, `predict_patient`, `load_bundle`, `prepare_ct`.
+"""
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "contrastive_loss": "losses",
+    "predict_patient": "inference",
+    "load_bundle": "bundle",
+    "prepare_ct": "slices",
+}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'wsp_cirrhosis' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_PUBLIC]

@@ -62,6 +62,7 @@ class SynthConfig:
     histo_patients: int = opt(50, "number of histology-labelled patients (a separate set)")
     cirrhosis_fraction: float = opt(0.3, "fraction of histology patients with cirrhosis (stage 4)")
     size: int = opt(96, "in-plane matrix of the phantoms (voxels)")
+    reader_noise: float = opt(0.85, "std of the weak reading around the true stage (0.85 misreads about 25%%; 0 = exact)")
     seed: int = opt(0, "random seed")
     force: bool = opt(False, "replace an existing output folder")
 
@@ -70,6 +71,7 @@ class SynthConfig:
         _check_range("histo_patients", self.histo_patients, 0)
         _check_range("cirrhosis_fraction", self.cirrhosis_fraction, 0.0, 1.0)
         _check_range("size", self.size, 32, 1024)
+        _check_range("reader_noise", self.reader_noise, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,12 @@ class FinetuneConfig:
     init: Optional[str] = opt(None, "pretrain run folder to start from (default: random init; 'none' too)")
     encoder: str = opt("tinynet", "backbone when --init is not given", choices=ENCODER_NAMES)
     freeze: bool = opt(False, "train only the classifier head on frozen features")
+    slices_per_patient: int = opt(0, "slices drawn per patient and epoch, histology-balanced (0 = all slices)")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, lr=1e-4))
+
+    def __post_init__(self) -> None:
+        _check_range("slices_per_patient", self.slices_per_patient, 0)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
