@@ -209,6 +209,9 @@ class PredictConfig:
     batch_size: int = opt(32, "slices per forward pass")
     force: bool = opt(False, "replace an existing output folder")
 
+    def __post_init__(self) -> None:
+        _check_range("batch_size", self.batch_size, 1)
+
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """JSON-ready dict of a (nested) config; paths become strings, inf stays 'inf'."""

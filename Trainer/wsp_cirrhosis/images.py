@@ -123,6 +123,10 @@ def binarize_mask(image: sitk.Image, liver_label: int | None, path: str | Path =
 
 
 def _labels_present(arr: np.ndarray) -> list[int]:
+    if arr.dtype.kind in "ui" and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 1:  # the common binary mask: no histogram (and no int64 copy) needed
+            return [1] if hi == 1 else []
     if arr.dtype.kind in "ui" and arr.size and arr.min() >= 0 and arr.max() < 1 << 16:
         counts = np.bincount(arr.ravel().astype(np.int64, copy=False))
         return [int(v) for v in np.flatnonzero(counts) if v != 0]

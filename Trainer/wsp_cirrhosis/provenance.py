@@ -11,21 +11,20 @@ from . import __version__
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of this package, Python and the libraries that change numbers."""
-    import numpy
-    import SimpleITK
-    import sklearn
-    import torch
+    """Versions of this package, Python and the libraries that change numbers.
 
-    return {
-        "wsp_cirrhosis": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "SimpleITK": SimpleITK.Version_VersionString(),
-        "scikit-learn": sklearn.__version__,
-        "platform": platform.platform(),
-    }
+    Read from package metadata, so recording them imports nothing heavy.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"wsp_cirrhosis": __version__, "python": sys.version.split()[0]}
+    for name in ("torch", "numpy", "SimpleITK", "scikit-learn"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["platform"] = platform.platform()
+    return out
 
 
 def git_revision() -> str | None:

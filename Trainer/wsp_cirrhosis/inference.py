@@ -1,0 +1,498 @@
+"""Patient inference: CT + liver mask + model bundle -> slice scores and the patient probability.
+
+`predict_patient` is the one entry point of the CLI (`wsp-cirrhosis predict`, single and batch
+mode) and the Slicer module. Preprocessing is `slices.prepare_ct`, never a copy; the patient
+probability is the mean of the slice probabilities over the liver slices (method.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import Cancelled, ConfigError, InputError, WSPError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .bundle import ModelBundle
+    from .config import PredictConfig
+
+log = logging.getLogger("wsp_cirrhosis")
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+ImageInput = Union[str, os.PathLike, sitk.Image]
+
+MASK_GUIDANCE = (
+    "a liver mask is required: on the command line pass --liver-mask FILE (a label map of the liver "
+    "on the same scan: NIfTI, NRRD, MetaImage or DICOM folder; --liver-label N for a multi-label map); "
+    "in 3D Slicer segment the liver with the Segment Editor or the TotalSegmentator extension and "
+    "select that segment"
+)
+_MODEL_SHARE = (0.2, 0.95)  # progress fractions spanned by the model's batches
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """The model's score on one liver slice.
+
+    Attributes:
+        slice_index: index of the slice along the slice axis of the image as given (not reoriented).
+        z_mm: physical LPS z of the slice (superior coordinate), in mm.
+        position: d in [0, 1], 0 = most inferior liver slice, 1 = most superior.
+        score: P(positive class) for this slice, in [0, 1].
+        center_lps: (x, y, z) physical LPS point at the liver box centre on this slice, in mm.
+    """
+
+    slice_index: int
+    z_mm: float
+    position: float
+    score: float
+    center_lps: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class PatientPrediction:
+    """The prediction for one patient; `slices` are ordered by z (inferior first).
+
+    Attributes:
+        probability: patient_probability = mean of the slice scores, in [0, 1].
+        label: 1 when probability >= threshold, else 0; an index into `class_names`.
+        label_name: class_names[label].
+        threshold: the bundle's decision threshold on the patient probability.
+        model_name, model_sha256: the bundle used.
+        device: torch device the model ran on ("cpu", "cuda:0").
+        slices: one SliceScore per liver slice.
+        class_names: names of class 0 and class 1.
+        timings: seconds spent per stage (read_s, preprocess_s, load_model_s, model_s, total_s).
+    """
+
+    probability: float
+    label: int
+    label_name: str
+    threshold: float
+    model_name: str
+    model_sha256: str
+    device: str
+    slices: list[SliceScore]
+    class_names: tuple[str, ...] = ("no cirrhosis", "cirrhosis")
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.slices)
+
+    @property
+    def slice_scores(self) -> np.ndarray:
+        """(S,) float64 slice scores, ordered by z."""
+        return np.array([s.score for s in self.slices], dtype=np.float64)
+
+
+def image_from_array(
+    array_zyx: np.ndarray,
+    spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
+    origin_xyz: Sequence[float] = (0.0, 0.0, 0.0),
+    direction_3x3: Any = None,
+) -> sitk.Image:
+    """Wrap a numpy volume with its geometry as a SimpleITK image (ITK / LPS conventions).
+
+    Args:
+        array_zyx: (K, J, I) array indexed [slice, row, column], e.g. HU for a CT, labels for a mask.
+        spacing_xyz: voxel size along I, J, K in mm.
+        origin_xyz: LPS position of voxel (0, 0, 0) in mm.
+        direction_3x3: 3x3 matrix whose column n is the LPS direction of index axis n (I, J, K),
+            or its 9 values row by row; None = identity.
+
+    Raises:
+        InputError: not a 3D array, or a geometry of the wrong length.
+    """
+    arr = np.asarray(array_zyx)
+    if arr.ndim != 3:
+        raise InputError(f"image_from_array: array of shape {arr.shape}; a 3D (z, y, x) volume is required")
+    direction = np.eye(3) if direction_3x3 is None else np.asarray(direction_3x3, dtype=np.float64)
+    if direction.size != 9 or len(spacing_xyz) != 3 or len(origin_xyz) != 3:
+        raise InputError("image_from_array: spacing_xyz and origin_xyz need 3 values, direction_3x3 needs 3x3")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    image.SetSpacing([float(s) for s in spacing_xyz])
+    image.SetOrigin([float(o) for o in origin_xyz])
+    image.SetDirection([float(d) for d in direction.reshape(-1)])
+    return image
+
+
+def resolve_device(device: str = "auto") -> "torch.device":
+    """"auto" -> CUDA when PyTorch sees a GPU, else CPU; a named device is checked.
+
+    Raises:
+        ConfigError: CUDA requested but not available, or an unknown device name.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: not a torch device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU here; use --device cpu (or auto)")
+    return dev
+
+
+def _autocast(device: "torch.device") -> contextlib.AbstractContextManager:
+    """Half precision on GPU only (bfloat16 where supported); CPU stays float32, as in evaluation."""
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _check_cancel(cancel: CancelFn | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("prediction cancelled")
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class LoadedModel:
+    """A bundle's classifier in eval mode on a device; reuse it across patients."""
+
+    bundle: "ModelBundle"
+    model: "torch.nn.Module"
+    device: "torch.device"
+    load_s: float = 0.0
+
+    def predict(
+        self,
+        image: ImageInput,
+        mask: ImageInput | None = None,
+        *,
+        batch_size: int = 32,
+        liver_label: int | None = None,
+        auto_mask: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> PatientPrediction:
+        """Score one patient; see `predict_patient` for the arguments."""
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
+        report = progress or (lambda fraction, message: None)
+        timings: dict[str, float] = {"load_model_s": self.load_s}
+        start = time.perf_counter()
+        cfg = self.bundle.preprocess
+        if liver_label is not None:
+            cfg = dataclasses.replace(cfg, liver_label=liver_label)
+
+        if mask is None:
+            _check_mask_source(auto_mask)  # fail before reading a large CT
+        _check_cancel(cancel)
+        report(0.0, "reading the CT and the liver mask")
+        with _timed(timings, "read_s"):
+            image_path, image = _as_image(image, "image")
+            if mask is None:
+                mask_path, mask = None, segment_liver(image, self.device)
+                cfg = dataclasses.replace(cfg, liver_label=None)  # the automatic mask is binary
+            else:
+                mask_path, mask = _as_image(mask, "liver mask")
+        _check_cancel(cancel)
+        report(0.1, "preprocessing (orientation, liver slices)")
+        from .slices import prepare_ct
+
+        with _timed(timings, "preprocess_s"):
+            liver = prepare_ct(image, mask, cfg, image_path=image_path, mask_path=mask_path)
+        if len(liver) == 0:
+            raise InputError(f"{mask_path or 'liver mask'}: no liver slice in the image")
+        del image, mask  # the full volumes are no longer needed: free them before the model runs
+
+        with _timed(timings, "model_s"):
+            scores = self._score_slices(liver.slices, batch_size, report, cancel)
+        order = np.argsort(liver.z_mm, kind="stable")  # prepare_ct already orders by z; keep it explicit
+        slices = [
+            SliceScore(int(liver.slice_index[i]), float(liver.z_mm[i]), float(liver.positions[i]),
+                       float(scores[i]), tuple(float(c) for c in liver.center_lps[i]))
+            for i in order
+        ]
+        probability = float(np.mean(scores))
+        threshold = float(self.bundle.threshold)
+        class_names = tuple(self.bundle.class_names)
+        label = int(probability >= threshold)
+        timings["total_s"] = time.perf_counter() - start + self.load_s
+        report(1.0, f"P({class_names[-1]}) = {probability:.2f}")
+        return PatientPrediction(
+            probability=probability, label=label, label_name=class_names[label], threshold=threshold,
+            model_name=self.bundle.name, model_sha256=self.bundle.sha256, device=str(self.device),
+            slices=slices, class_names=class_names, timings=timings,
+        )
+
+    def _score_slices(self, slices: np.ndarray, batch_size: int, report: ProgressFn,
+                      cancel: CancelFn | None) -> np.ndarray:
+        """(S, H, W) float32 slices -> (S,) float64 sigmoid scores, `batch_size` slices at a time."""
+        import torch
+
+        n = len(slices)
+        n_batches = -(-n // batch_size)
+        scores = np.empty(n, dtype=np.float64)
+        lo, hi = _MODEL_SHARE
+        with torch.inference_mode(), _autocast(self.device):
+            for b, start in enumerate(range(0, n, batch_size)):
+                _check_cancel(cancel)
+                chunk = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
+                x = torch.from_numpy(chunk).unsqueeze(1).to(self.device, non_blocking=True)
+                x = x.contiguous(memory_format=torch.channels_last)
+                logits = self.model(x).float().reshape(-1)
+                if logits.numel() != len(chunk):
+                    raise RuntimeError(f"model returned {logits.numel()} logits for {len(chunk)} slices")
+                scores[start:start + len(chunk)] = torch.sigmoid(logits).cpu().numpy()
+                report(lo + (hi - lo) * (b + 1) / n_batches, f"model: batch {b + 1}/{n_batches} ({n} slices)")
+        return scores
+
+
+def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: str = "auto") -> LoadedModel:
+    """Load a bundle (None = `bundle.default_bundle_path()`) and put its classifier on `device`.
+
+    Raises:
+        BundleError: missing, corrupt or incompatible bundle (from `bundle.load_bundle`).
+        ConfigError: unavailable device.
+    """
+    from .bundle import default_bundle_path, load_bundle
+
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    if bundle is None:
+        bundle = default_bundle_path()
+    if isinstance(bundle, (str, os.PathLike)):
+        bundle = load_bundle(Path(bundle))
+    import torch
+
+    # channels_last: oneDNN (CPU) and cuDNN run these convolutions about 1.5-2x faster in NHWC.
+    model = bundle.build_model().to(dev, memory_format=torch.channels_last).eval()
+    return LoadedModel(bundle, model, dev, time.perf_counter() - start)
+
+
+def predict_patient(
+    image: ImageInput,
+    mask: ImageInput | None = None,
+    bundle: "ModelBundle | str | os.PathLike | None" = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    *,
+    liver_label: int | None = None,
+    auto_mask: bool = False,
+) -> PatientPrediction:
+    """Per-slice cirrhosis scores and the patient probability for one CT.
+
+    Args:
+        image: CT in HU: a file (NIfTI, NRRD, MetaImage), a DICOM folder, or a SimpleITK image
+            (numpy arrays: wrap them with `image_from_array`).
+        mask: liver mask of the same scan (same kinds); another grid is resampled onto the CT.
+            None: TotalSegmentator when `auto_mask` and it is installed, else InputError.
+        bundle: a loaded ModelBundle, a bundle folder, or None for the default bundle.
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
+        batch_size: slices per forward pass.
+        progress: called as progress(fraction in [0, 1], message) after each stage and batch.
+        cancel: polled before each stage and batch; returning True raises Cancelled.
+        liver_label: value of the liver in a multi-label mask (overrides the bundle's).
+        auto_mask: segment the liver with TotalSegmentator when `mask` is None.
+
+    Returns:
+        PatientPrediction with one SliceScore per liver slice, ordered by z (inferior first).
+
+    Raises:
+        InputError: unreadable or inconsistent image / mask, or no mask.
+        BundleError: bad bundle.  Cancelled: `cancel()` returned True.
+    """
+    _check_cancel(cancel)
+    loaded = load_model(bundle, device)
+    return loaded.predict(image, mask, batch_size=batch_size, liver_label=liver_label,
+                          auto_mask=auto_mask, progress=progress, cancel=cancel)
+
+
+def _as_image(value: ImageInput, what: str) -> tuple[Optional[Path], sitk.Image]:
+    """(path or None, image): reads paths with images.read_image (masks are binarised later)."""
+    if isinstance(value, sitk.Image):
+        return None, value
+    if isinstance(value, np.ndarray):
+        raise InputError(f"{what}: a numpy array carries no spacing or orientation; wrap it with "
+                         "wsp_cirrhosis.inference.image_from_array(array_zyx, spacing_xyz, origin_xyz, direction_3x3)")
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{what}: expected a file path, a DICOM folder or a SimpleITK image, "
+                         f"not {type(value).__name__}")
+    from .images import read_image
+
+    path = Path(value)
+    return path, read_image(path)
+
+
+def totalsegmentator_available() -> bool:
+    """True when the optional `totalsegmentator` package can be imported (it is never required)."""
+    return importlib.util.find_spec("totalsegmentator") is not None
+
+
+def _check_mask_source(auto_mask: bool) -> None:
+    """Raise the guidance for a missing mask unless TotalSegmentator is requested and installed."""
+    if not auto_mask:
+        hint = "; or pass --auto-mask to segment it with TotalSegmentator" if totalsegmentator_available() else ""
+        raise InputError(f"no liver mask given: {MASK_GUIDANCE}{hint}")
+    if not totalsegmentator_available():
+        raise InputError("--auto-mask: TotalSegmentator is not installed (pip install TotalSegmentator); "
+                         f"otherwise {MASK_GUIDANCE}")
+
+
+def segment_liver(image: sitk.Image, device: "torch.device") -> sitk.Image:  # pragma: no cover - optional
+    """Liver mask from TotalSegmentator (optional dependency; its own licence and weights).
+
+    Raises:
+        InputError: TotalSegmentator missing or failing.
+    """
+    from .images import read_mask
+
+    try:
+        from totalsegmentator.python_api import totalsegmentator
+    except ImportError as exc:
+        raise InputError(f"--auto-mask: cannot import TotalSegmentator ({exc}); {MASK_GUIDANCE}") from None
+    log.info("segmenting the liver with TotalSegmentator (first use downloads its weights)")
+    with tempfile.TemporaryDirectory(prefix="wsp-totalseg-") as tmp:
+        src, out = Path(tmp) / "ct.nii.gz", Path(tmp) / "seg"
+        sitk.WriteImage(image, str(src))
+        try:
+            totalsegmentator(str(src), str(out), roi_subset=["liver"],
+                             device="gpu" if device.type == "cuda" else "cpu", quiet=True)
+        except Exception as exc:  # a third-party failure becomes one clear line
+            raise InputError(f"--auto-mask: TotalSegmentator failed ({exc}); {MASK_GUIDANCE}") from None
+        return read_mask(out / "liver.nii.gz")  # 0/1 on the CT grid; prepare_ct aligns it anyway
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> int:
+    """`wsp-cirrhosis predict`: one CT -> OUT/{slices.csv, prediction.json, curve.png};
+    a cohort CSV -> OUT/<patient_id>/... + OUT/summary.csv.
+
+    The output folder is built in a hidden sibling and moved into place at the end, so a
+    failure or cancellation leaves nothing behind.
+
+    Returns:
+        0 on success; 1 when some patients of a batch failed (listed in summary.csv).
+    """
+    if cfg.ct.suffix.lower() == ".csv":
+        return _run_batch(cfg, progress, cancel)
+    from .files import check_output_dir, staged_output_dir
+    from .report import write_patient_outputs
+
+    check_output_dir(cfg.out, cfg.force)
+    if cfg.liver_mask is None:
+        _check_mask_source(cfg.auto_mask)
+    loaded = load_model(cfg.model, cfg.device)
+    with staged_output_dir(cfg.out, cfg.force) as stage:
+        prediction = loaded.predict(cfg.ct, cfg.liver_mask, batch_size=cfg.batch_size, liver_label=cfg.liver_label,
+                                    auto_mask=cfg.auto_mask, progress=progress or _log_progress(), cancel=cancel)
+        _check_cancel(cancel)
+        write_patient_outputs(stage, prediction, image_path=cfg.ct, mask_path=cfg.liver_mask)
+    print(f"{_result_line(prediction)}; wrote {cfg.out}")
+    return 0
+
+
+def _run_batch(cfg: "PredictConfig", progress: ProgressFn | None, cancel: CancelFn | None) -> int:
+    from .files import check_output_dir, staged_output_dir
+    from .manifest import read_manifest
+    from .report import write_patient_outputs, write_summary_csv
+
+    if cfg.liver_mask is not None:
+        raise ConfigError("--liver-mask: not used with a cohort CSV; its liver_mask column gives each patient's mask")
+    check_output_dir(cfg.out, cfg.force)
+    records = read_manifest(cfg.ct)
+    loaded = load_model(cfg.model, cfg.device)
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    names: set[str] = set()
+    with staged_output_dir(cfg.out, cfg.force) as stage:
+        for i, rec in enumerate(records):
+            _check_cancel(cancel)
+            folder = _folder_name(rec.patient_id, names)
+            log.info("patient %d/%d: %s", i + 1, len(records), rec.patient_id)
+
+            def sub_progress(fraction: float, message: str, i: int = i) -> None:
+                if progress is not None:
+                    progress((i + fraction) / len(records), f"{rec.patient_id}: {message}")
+
+            try:
+                prediction = loaded.predict(rec.image, rec.liver_mask, batch_size=cfg.batch_size,
+                                            liver_label=cfg.liver_label, auto_mask=cfg.auto_mask,
+                                            progress=sub_progress, cancel=cancel)
+                write_patient_outputs(stage / folder, prediction, image_path=rec.image, mask_path=rec.liver_mask)
+            except Cancelled:
+                raise
+            except Exception as exc:  # one bad patient must not stop the cohort; bugs keep their traceback in -v
+                message = str(exc) if isinstance(exc, WSPError) else f"{type(exc).__name__}: {exc}"
+                log.debug("patient %s failed", rec.patient_id, exc_info=not isinstance(exc, WSPError))
+                log.warning("patient %s failed: %s", rec.patient_id, message)
+                failed.append((rec.patient_id, message))
+                rows.append({"patient_id": rec.patient_id, "error": message})
+                continue
+            rows.append({"patient_id": rec.patient_id, "probability": prediction.probability,
+                         "label": prediction.label, "threshold": prediction.threshold,
+                         "n_slices": prediction.n_slices, "error": ""})
+            print(f"{rec.patient_id}: {_result_line(prediction)}")
+        write_summary_csv(rows, stage / "summary.csv")
+    if failed:
+        listed = "\n  ".join(f"{pid}: {msg}" for pid, msg in failed)
+        print(f"wsp-cirrhosis predict: {len(failed)} of {len(records)} patient(s) failed "
+              f"(see {cfg.out / 'summary.csv'}):\n  {listed}", file=sys.stderr)
+        return 1
+    print(f"{len(records)} patient(s) predicted; wrote {cfg.out}")
+    return 0
+
+
+def _folder_name(patient_id: str, taken: set[str]) -> str:
+    """A safe, unique folder name for a patient id (path separators and odd characters -> _)."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).strip(".") or "patient"
+    name, n = base, 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name.lower())
+    return name
+
+
+def _result_line(p: PatientPrediction) -> str:
+    return (f"P({p.class_names[-1]}) = {p.probability:.3f} -> {p.label_name} "
+            f"(threshold {p.threshold:.3f}, {p.n_slices} slices, model {p.model_name})")
+
+
+def _log_progress(every_s: float = 5.0) -> ProgressFn:
+    """A progress callback for the terminal: stage messages, and batch lines at most every `every_s`."""
+    last = [0.0]
+
+    def report(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if not message.startswith("model:") or now - last[0] >= every_s or fraction >= _MODEL_SHARE[1]:
+            log.info("predict %3.0f%% %s", 100 * fraction, message)
+            last[0] = now
+
+    return report

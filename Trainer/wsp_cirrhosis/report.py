@@ -1,0 +1,146 @@
+"""Prediction outputs: slices.csv, prediction.json, curve.png (and a cohort's summary.csv).
+
+Every writer takes a `PatientPrediction` and a path; nothing here runs a model. The plot uses
+matplotlib's object API with the Agg canvas, so it never touches a GUI backend (Slicer, servers).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from .files import atomic_path, sha256_path, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from .inference import PatientPrediction
+
+SLICE_COLUMNS = ("slice_index", "z_mm", "position", "score")
+SUMMARY_COLUMNS = ("patient_id", "probability", "label", "threshold", "n_slices", "error")
+
+
+def write_slices_csv(prediction: "PatientPrediction", path: str | os.PathLike) -> None:
+    """One row per liver slice, ordered by z (inferior first): slice_index,z_mm,position,score."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SLICE_COLUMNS)
+    for s in sorted(prediction.slices, key=lambda s: s.z_mm):
+        writer.writerow([s.slice_index, f"{s.z_mm:.4f}", f"{s.position:.6f}", f"{s.score:.6f}"])
+    write_text_atomic(path, buf.getvalue())
+
+
+def prediction_record(
+    prediction: "PatientPrediction",
+    image_path: Optional[str | os.PathLike] = None,
+    mask_path: Optional[str | os.PathLike] = None,
+    image_sha256: Optional[str] = None,
+    mask_sha256: Optional[str] = None,
+) -> dict[str, Any]:
+    """The JSON-ready content of prediction.json (result, model, inputs, versions, timings)."""
+    from .provenance import software_versions
+
+    p = prediction
+    return {
+        "probability": p.probability,
+        "label": p.label,
+        "threshold": p.threshold,
+        "label_name": p.label_name,
+        "class_names": list(p.class_names),
+        "n_slices": p.n_slices,
+        "model": {"name": p.model_name, "sha256": p.model_sha256},
+        "inputs": {
+            "image": str(image_path) if image_path is not None else None,
+            "image_sha256": image_sha256,
+            "liver_mask": str(mask_path) if mask_path is not None else None,
+            "liver_mask_sha256": mask_sha256,
+        },
+        "device": p.device,
+        "timings_s": {k: round(v, 4) for k, v in p.timings.items()},
+        "software": software_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_prediction_json(prediction: "PatientPrediction", path: str | os.PathLike, **inputs: Any) -> None:
+    """prediction.json; `inputs` are `prediction_record`'s path and hash arguments."""
+    write_json_atomic(path, prediction_record(prediction, **inputs))
+
+
+def plot_curve(prediction: "PatientPrediction", path: str | os.PathLike, dpi: int = 120) -> None:
+    """curve.png: slice score along physical z, the decision threshold and the liver extent.
+
+    Slice scores are drawn against the threshold for orientation only: the decision is on their
+    mean, the patient probability, shown in the title and as a dashed line.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    p = prediction
+    slices = sorted(p.slices, key=lambda s: s.z_mm)
+    z = [s.z_mm for s in slices]
+    scores = [s.score for s in slices]
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if z:
+        lo, hi = min(z), max(z)
+        pad = max((hi - lo) * 0.05, 2.0)
+        ax.axvspan(lo, hi, color="tab:brown", alpha=0.08, lw=0, label="liver extent")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.plot(z, scores, "-o", color="tab:blue", ms=3, lw=1, label="slice score")
+        if hi > lo:  # d = 0 at the most inferior liver slice, 1 at the most superior
+            top = ax.secondary_xaxis("top", functions=(lambda v: (v - lo) / (hi - lo), lambda d: lo + d * (hi - lo)))
+            top.set_xlabel("position d in the liver (0 = inferior, 1 = superior)")
+    ax.axhline(p.threshold, color="tab:red", lw=1.2, label=f"threshold {p.threshold:.2f}")
+    ax.axhline(p.probability, color="black", ls="--", lw=1, label=f"patient probability {p.probability:.2f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("z (mm, LPS: inferior → superior)")
+    ax.set_ylabel(f"P({p.class_names[-1]}) per slice")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small", framealpha=0.8)
+    ax.set_title(f"P({p.class_names[-1]}) = {p.probability:.2f} → {p.label_name} "
+                 f"(threshold {p.threshold:.2f}) — model {p.model_name}", fontsize="medium")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
+def write_patient_outputs(
+    folder: str | os.PathLike,
+    prediction: "PatientPrediction",
+    image_path: Optional[str | os.PathLike] = None,
+    mask_path: Optional[str | os.PathLike] = None,
+) -> Path:
+    """Write slices.csv, curve.png and prediction.json (inputs hashed) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    write_slices_csv(prediction, folder / "slices.csv")
+    plot_curve(prediction, folder / "curve.png")
+    prediction.timings["write_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    hashes = {
+        "image_sha256": sha256_path(image_path) if image_path is not None else None,
+        "mask_sha256": sha256_path(mask_path) if mask_path is not None else None,
+    }
+    prediction.timings["hash_s"] = time.perf_counter() - start
+    write_prediction_json(prediction, folder / "prediction.json", image_path=image_path, mask_path=mask_path, **hashes)
+    return folder
+
+
+def write_summary_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
+    """A cohort's summary.csv: one row per patient; failed patients have only `error` filled."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        out = {k: row.get(k, "") for k in SUMMARY_COLUMNS}
+        if isinstance(out["probability"], float):
+            out["probability"] = f"{out['probability']:.6f}"
+        if isinstance(out["threshold"], float):
+            out["threshold"] = f"{out['threshold']:.6f}"
+        out["error"] = " ".join(str(out["error"]).split())  # one line per patient
+        writer.writerow(out)
+    write_text_atomic(path, buf.getvalue())
