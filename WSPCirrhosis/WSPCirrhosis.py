@@ -284,7 +284,7 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
         return self._loadedModel
 
     def process(self, volumeNode, liverNode, segmentId=None, liverLabel: int = 0, device: str = "auto",
-                model=None, batchSize: int = 32, progress=None, cancel=None):
+                model=None, batchSize: int = 32, progress=None, cancel=None, scene=None):
         """Predict cirrhosis for `volumeNode` (CT, HU) with the liver from `liverNode`, synchronously.
 
         Args:
@@ -292,6 +292,7 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
                 or vtkMRMLLabelMapVolumeNode (value `liverLabel`, 0 = its only label).
             device: "auto", "cpu" or "cuda". model: bundle folder, None = bundled default.
             progress: progress(fraction, message). cancel: returns True to stop between batches.
+            scene: the MRML scene receiving the result nodes (default: slicer.mrmlScene).
 
         Returns:
             WSPCirrhosisLib.analysis.AnalysisResult: .prediction, .probability, .sliceTable,
@@ -305,7 +306,7 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
 
         image, mask = analysis.prepareInputs(volumeNode, liverNode, segmentId, liverLabel)  # inputs first
         prediction = analysis.predict(self.loadModel(model, device), image, mask, batchSize, progress, cancel)
-        return analysis.writeOutputs(slicer.mrmlScene, prediction, volumeNode, liverNode)
+        return analysis.writeOutputs(scene or slicer.mrmlScene, prediction, volumeNode, liverNode)
 
     def processInBackground(self, volumeNode, liverNode, *, segmentId=None, liverLabel: int = 0,
                             device: str = "auto", model=None, batchSize: int = 32,

@@ -55,7 +55,8 @@ class PatientSampler:
 
     Each batch draws ``batch_size`` distinct patients without replacement, patient p with
     probability proportional to 1 / (number of patients of p's class), then one slice uniformly
-    within each. One epoch is ``ceil(n_patients / batch_size)`` independent batches.
+    within each. One epoch is ``ceil(n_patients / batch_size)`` independent batches, as in the
+    paper's patient-level data loader: an epoch sees each patient about once, one slice each.
 
     Args:
         labels: (P,) weak label per patient; -1 (or all equal) for no balancing.

@@ -17,6 +17,11 @@ from .errors import ConfigError
 class TinyNet(nn.Module):
     """Five 5x5 conv + ReLU layers (16, 32, 64, 128, 512 channels), 2x2 max-pooling after the first
     four, global average pooling. Works at any input size >= 16 x 16 (64 and 224 in practice).
+
+    Each conv is followed by a GroupNorm: without any normalisation the non-negative CT input,
+    ReLUs and average pooling give nearly identical features for every slice at initialisation
+    (cosine > 0.99999) and contrastive training collapses (loss stuck at log(2N - 1)). GroupNorm
+    is per sample, so multi-process training and gradient caching stay exact (BatchNorm would not).
     """
 
     feature_dim = 512
@@ -26,7 +31,8 @@ class TinyNet(nn.Module):
         widths = [1, 16, 32, 64, 128, 512]
         layers: list[nn.Module] = []
         for index, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=5, padding=2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=5, padding=2), nn.GroupNorm(min(8, c_out // 2), c_out),
+                       nn.ReLU(inplace=True)]
             if index < 4:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
