@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--histo-patients", type=int, default=60)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -50,6 +50,7 @@ def main() -> None:
              "--device", "cpu", *size, *seed, "--force"])
         run(["finetune", "--manifest", str(work / "cohort" / "histo.csv"), "--init", str(work / "pretrain"),
              "--out", str(work / "finetune"), "--epochs", str(args.finetune_epochs), "--device", "cpu",
+             "--slices-per-patient", "8",
              *size, *seed, "--force"])
         run(["export", "--run", str(work / "finetune"), "--out", str(args.out),
              "--name", "wsp-tinynet-synthetic-demo", "--force"])

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=120, help="weak-labelled patients")
     parser.add_argument("--histo-patients", type=int, default=50, help="histology-labelled patients")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30, help="pretraining epochs (one slice per patient each)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -59,9 +59,10 @@ def main() -> None:
                             "--out", str(out / "pretrain"), "--epochs", str(args.epochs), "--batch-size", "32",
                             *size, *seed])
     step("finetune", ["finetune", "--manifest", str(cohort / "histo.csv"), "--init", str(out / "pretrain"),
-                      "--out", str(out / "finetune"), "--epochs", "10", *size, *seed])
+                      "--out", str(out / "finetune"), "--epochs", "10", "--slices-per-patient", "8", *size, *seed])
     step("evaluate (5-fold)", ["evaluate", "--manifest", str(cohort / "histo.csv"), "--encoder", str(out / "pretrain"),
-                               "--folds", "5", "--json", str(out / "evaluate.json"), "--epochs", "5", *size, *seed])
+                               "--folds", "5", "--json", str(out / "evaluate.json"), "--epochs", "3",
+                               "--slices-per-patient", "4", *size, *seed])
     step("export", ["export", "--run", str(out / "finetune"), "--out", str(out / "model"), "--name", "demo-wsp-tinynet"])
     with open(cohort / "histo.csv", newline="") as f:
         first = next(csv.DictReader(f))
@@ -71,7 +72,7 @@ def main() -> None:
     results = json.loads((out / "evaluate.json").read_text())
     prediction = json.loads((out / "prediction" / "prediction.json").read_text())
     print("\n=== Demo finished in {:.0f} s (synthetic phantoms, not patient data)".format(time.monotonic() - start))
-    for protocol, summary in results.get("summary", {}).items():
+    for protocol, summary in results["protocols"].items():
         print(f"patient-level AUC ({protocol}, 5-fold): {summary['auc_mean']:.3f} ± {summary['auc_std']:.3f}")
     print(f"patient {first['patient_id']} (histology {first['histo_label']}): P(cirrhosis) = {prediction['probability']:.3f}"
           f" -> {prediction.get('label_name', prediction['label'])}")

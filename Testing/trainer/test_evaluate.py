@@ -171,10 +171,10 @@ def test_evaluate_pretrained_run(cohort, tmp_path):
                  "--epochs", "1", "--batch-size", "6"]) == 0
     out = tmp_path / "eval.json"
     code = main(["evaluate", "--manifest", str(cohort / "histo.csv"), "--encoder", str(run), "--json", str(out),
-                 "--protocols", "frozen", *TOY])
+                 "--protocols", "finetune", *TOY])
     assert code == 0
     doc = json.loads(out.read_text())
-    _check_result(doc, ["frozen"], 2)
+    _check_result(doc, ["finetune"], 2)
     assert Path(doc["encoder"]) == run
 
 

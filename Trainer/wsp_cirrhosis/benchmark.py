@@ -32,7 +32,8 @@ _PRETRAIN_DEFAULTS = PretrainConfig(manifest=Path("-"), out=Path("-"))
 BASELINE = "none"  # random init, no pretraining
 OUTPUTS = ("results.json", "results.md", "results.png", "sigma.png", "config.json")
 # Settings that change the numbers: a --resume with different values would mix incomparable cells.
-RESUME_FIELDS = ("weak", "strong", "epochs", "finetune_epochs", "folds", "batch_size", "lr", "preprocess")
+RESUME_FIELDS = ("weak", "strong", "epochs", "finetune_epochs", "finetune_slices", "folds", "batch_size", "lr",
+                 "preprocess")
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path
         run_dir = os.path.relpath(source, out)
     pretrain_seconds = time.monotonic() - start
     train_cfg = finetune_config(cfg, cell.seed)
-    result = evaluate_encoder(source, strong, cfg.folds, protocols, train_cfg, cell.seed, cell.encoder)
+    result = evaluate_encoder(source, strong, cfg.folds, protocols, train_cfg, cell.seed, cell.encoder,
+                              cfg.finetune_slices)
     records = []
     for protocol in protocols:
         res = result["protocols"][protocol]
@@ -457,6 +459,10 @@ def plot_sigma(records: list[dict[str, Any]], path: Path) -> None:
     """WSP AUC against sigma (log x); sigma = inf (no positional kernel: SupCon) drawn at the right end."""
     plt = _pyplot()
     abl = [r for r in records if r.get("sigma") is not None]
+    # Main-grid WSP rows were trained at PretrainConfig's default sigma: they are points of the curve too.
+    if _PRETRAIN_DEFAULTS.sigma not in {sigma_from_json(r["sigma"]) for r in abl}:
+        abl += [dict(r, sigma=sigma_to_json(_PRETRAIN_DEFAULTS.sigma)) for r in records
+                if r["method"] == "wsp" and r.get("sigma") is None]
     stats = aggregate(abl)
     sigmas = sorted({sigma_from_json(r["sigma"]) for r in abl})
     finite = [s for s in sigmas if math.isfinite(s)]

@@ -159,7 +159,7 @@ def _load_encoder(encoder_source: str | Path, arch: str, seed: int) -> tuple[str
 
 def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds: int = 5,
                      protocols: str | Sequence[str] = PROTOCOLS, train_cfg: Any = None, seed: int = 0,
-                     arch: str = "tinynet") -> dict[str, Any]:
+                     arch: str = "tinynet", slices_per_patient: int = 0) -> dict[str, Any]:
     """Stratified k-fold evaluation of one encoder on histology-labelled patients.
 
     Args:
@@ -172,6 +172,7 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
             batch size is also the feature-extraction batch. Default: EvaluateConfig's.
         seed: shuffles the folds, seeds the random init, the classifiers and fine-tuning.
         arch: backbone built for "none" (ignored for a run folder, which names its own).
+        slices_per_patient: fine-tuning draws this many slices per patient and epoch (0 = all).
 
     Returns:
         {"encoder", "arch", "seed", "folds", "n_patients", "n_positive", "patients",
@@ -219,7 +220,8 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
             features = np.asarray(pooled_features(encoder, patients, device, train_cfg.batch_size), dtype=np.float64)
             fold_scores = (frozen_fold_scores(features, labels, tr, te, seed) for tr, te in splits)
         else:
-            fold_scores = (_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device, k)
+            fold_scores = (_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device, k,
+                                                 slices_per_patient)
                            for k, (tr, te) in enumerate(splits))
         for (train, test), (train_scores, test_scores) in zip(splits, fold_scores):
             oof[test] = test_scores
@@ -241,13 +243,14 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
 
 def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Sequence[Any], train: np.ndarray,
                           test: np.ndarray, train_cfg: Any, seed: int, device: Any,
-                          fold: int) -> tuple[np.ndarray, np.ndarray]:
+                          fold: int, slices_per_patient: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune a fresh copy of the encoder on the training patients; patient probabilities for both sets."""
     from .train import fit_classifier, patient_probabilities
 
     _, encoder = _load_encoder(encoder_source, arch, seed)  # every fold starts from the same weights
     train_patients = [patients[i] for i in train]
-    model = fit_classifier(encoder, train_patients, train_cfg, freeze=False, seed=seed + 1000 * fold)
+    model = fit_classifier(encoder, train_patients, train_cfg, freeze=False, seed=seed + 1000 * fold,
+                           slices_per_patient=slices_per_patient or None)
     batch = train_cfg.batch_size
     return (np.asarray(patient_probabilities(model, train_patients, device, batch), dtype=float),
             np.asarray(patient_probabilities(model, [patients[i] for i in test], device, batch), dtype=float))
@@ -304,7 +307,8 @@ def run_evaluate(cfg: Any) -> int:
         _warn_preprocess_mismatch(Path(source), to_dict(cfg.preprocess))
     patients = load_cohort(cfg.manifest, cfg.preprocess, cache_dir=cfg.cache_dir, require="histo")
     start = time.monotonic()
-    result = evaluate_encoder(source, patients, cfg.folds, protocols, cfg.train, cfg.train.seed, cfg.arch)
+    result = evaluate_encoder(source, patients, cfg.folds, protocols, cfg.train, cfg.train.seed, cfg.arch,
+                              cfg.slices_per_patient)
     png = plot_roc(result, roc_png_path(cfg.json))
     doc = {
         "command": "evaluate", "manifest": str(cfg.manifest), **result,
