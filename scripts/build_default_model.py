@@ -10,6 +10,7 @@ Same machine type, same seed -> the same weights (CPU; the bundle records the ve
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,44 @@ def run(argv: list[str]) -> None:
     code = cli(argv)
     if code != 0:
         sys.exit(f"build_default_model: step failed with exit code {code}")
+
+
+def write_model_card(bundle_dir: Path, args: argparse.Namespace) -> Path:
+    """MODEL.md beside the bundle: what it is, how it was made, what it must not be used for."""
+    from wsp_cirrhosis.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    card = f"""# Model card: {bundle.name}
+
+**Trained on synthetic phantoms only. A demonstration default, not for clinical use.** It shows
+that the WSPCirrhosis software runs end to end (Slicer module, `wsp-cirrhosis predict`); its
+scores on a patient's CT mean nothing about that patient's liver.
+
+- Architecture: {bundle.encoder_name} encoder + linear classifier head; input {bundle.preprocess.image_size} x
+  {bundle.preprocess.image_size} liver slices, HU window [{bundle.preprocess.window_min_hu:g}, {bundle.preprocess.window_max_hu:g}],
+  liver box margin {bundle.preprocess.margin_mm:g} mm.
+- Training: WSP contrastive pretraining ({args.pretrain_epochs} epochs) on {args.patients} weak-labelled synthetic
+  phantoms, then fine-tuning ({args.finetune_epochs} epochs) on {args.histo_patients} histology-labelled phantoms
+  (`wsp-cirrhosis synth --seed {args.seed}`; about 30% stage-4 "cirrhosis").
+- Decision threshold: {bundle.threshold:.3f} (Youden on the fine-tuning phantoms). Classes: {", ".join(bundle.class_names)}.
+- Bundle hash: `{bundle.sha256}`; software: {", ".join(f"{k} {v}" for k, v in meta["software_versions"].items() if k != "platform")}.
+- Rebuild: `make bundle` (`python scripts/build_default_model.py`), same seed -> same weights on the same
+  machine type.
+
+## Training a real model
+1. Write two manifests (README, "Cohort manifest"): many CTs with a weak radiological score
+   (`weak_label`), and the CTs with histology (`histo_label`), each with a liver mask.
+2. `wsp-cirrhosis pretrain --manifest weak.csv --method wsp --encoder resnet18 --image-size 224 --out runs/pre`
+   (GPU: `--device cuda --bf16`; several GPUs: `torchrun --nproc_per_node=K -m wsp_cirrhosis pretrain ...`).
+3. `wsp-cirrhosis evaluate --manifest histo.csv --encoder runs/pre --folds 5 --json eval.json` (the paper's protocol),
+   then `wsp-cirrhosis finetune --manifest histo.csv --init runs/pre --out runs/ft`.
+4. `wsp-cirrhosis export --run runs/ft --out my-model` and choose that folder in the Slicer module
+   (Advanced, "Use another model bundle") or pass `--model my-model` to `predict`.
+"""
+    path = bundle_dir / "MODEL.md"
+    path.write_text(card, encoding="utf-8")
+    return path
 
 
 def main() -> None:
@@ -54,6 +93,7 @@ def main() -> None:
              *size, *seed, "--force"])
         run(["export", "--run", str(work / "finetune"), "--out", str(args.out),
              "--name", "wsp-tinynet-synthetic-demo", "--force"])
+        write_model_card(args.out, args)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

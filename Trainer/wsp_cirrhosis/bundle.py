@@ -184,7 +184,8 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
 
 def default_bundle_path() -> Path:
     """The bundle used when none is given: ``$WSP_CIRRHOSIS_MODEL``, else the one shipped with the
-    Slicer module (``<repository>/WSPCirrhosis/Resources/Models/default``).
+    Slicer module (``<repository>/WSPCirrhosis/Resources/Models/default`` in a checkout, or the
+    module's ``Resources/Models/default`` when the package is installed beside the module).
 
     Raises:
         BundleError: that folder does not exist.
@@ -195,7 +196,12 @@ def default_bundle_path() -> Path:
         if not path.is_dir():
             raise BundleError(f"{path} (from ${ENV_VAR}): model bundle folder not found; fix the variable or pass --model")
         return path
-    path = Path(__file__).resolve().parents[2] / "WSPCirrhosis" / "Resources" / "Models" / "default"
-    if not path.is_dir():
-        raise BundleError(f"no default model bundle at {path}; pass --model BUNDLE_FOLDER (or set ${ENV_VAR})")
-    return path
+    here = Path(__file__).resolve().parent
+    candidates = [
+        here.parents[1] / "WSPCirrhosis" / "Resources" / "Models" / "default",  # source checkout
+        here.parent / "Resources" / "Models" / "default",  # packaged beside the Slicer module
+    ]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise BundleError(f"no default model bundle at {candidates[0]}; pass --model BUNDLE_FOLDER (or set ${ENV_VAR})")
