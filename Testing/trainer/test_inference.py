@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from support import flip_storage, make_ct
-from wsp_cirrhosis.bundle import export_bundle, load_bundle
+from wsp_cirrhosis.bundle import default_bundle_path, export_bundle, load_bundle
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.config import PredictConfig, PreprocessConfig, to_dict
 from wsp_cirrhosis.errors import BundleError, Cancelled, InputError
@@ -264,3 +264,12 @@ def test_real_dicom_ct_with_multi_label_map(real_ct, bundle_dir, tmp_path):
     assert record["inputs"]["image"] == str(real_ct / "ct_dicom") and len(record["inputs"]["image_sha256"]) == 64
     _, rows = _read_csv(out / "slices.csv")
     assert len(rows) == record["n_slices"] > 0
+
+
+def test_cpu_bfloat16_follows_float32_with_the_bundled_model(patient):
+    """--bf16 on CPU: the bundled demonstration model gives nearly the same curve in bfloat16."""
+    fp32 = predict_patient(patient["ct"], patient["mask"], None, device="cpu")
+    bf16 = predict_patient(patient["ct"], patient["mask"], None, device="cpu", bf16=True)
+    assert fp32.model_name == bf16.model_name == load_bundle(default_bundle_path()).name
+    assert np.abs(fp32.slice_scores - bf16.slice_scores).max() < 0.05
+    assert bf16.probability == pytest.approx(fp32.probability, abs=0.02)

@@ -209,6 +209,7 @@ class PredictConfig:
     model: Optional[Path] = opt(None, "model bundle folder (default: the bundled demonstration model)")
     device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
     batch_size: int = opt(32, "slices per forward pass")
+    bf16: bool = opt(False, "bfloat16 autocast on CPU too (GPU always uses half precision); faster on recent CPUs")
     force: bool = opt(False, "replace an existing output folder")
 
     def __post_init__(self) -> None:

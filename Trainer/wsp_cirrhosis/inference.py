@@ -152,12 +152,13 @@ def resolve_device(device: str = "auto") -> "torch.device":
     return dev
 
 
-def _autocast(device: "torch.device") -> contextlib.AbstractContextManager:
-    """Half precision on GPU only (bfloat16 where supported); CPU stays float32, as in evaluation."""
+def _autocast(device: "torch.device", cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
+    """Half precision on GPU (bfloat16 where supported); on CPU float32 unless `cpu_bf16` asks for
+    bfloat16 (2-3x faster on CPUs with AVX-512 BF16 / AMX; scores move by about 1e-3)."""
     import torch
 
     if device.type != "cuda":
-        return contextlib.nullcontext()
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
 
@@ -184,6 +185,7 @@ class LoadedModel:
     model: "torch.nn.Module"
     device: "torch.device"
     load_s: float = 0.0
+    bf16: bool = False
 
     def predict(
         self,
@@ -256,7 +258,7 @@ class LoadedModel:
         n_batches = -(-n // batch_size)
         scores = np.empty(n, dtype=np.float64)
         lo, hi = _MODEL_SHARE
-        with torch.inference_mode(), _autocast(self.device):
+        with torch.inference_mode(), _autocast(self.device, self.bf16):
             for b, start in enumerate(range(0, n, batch_size)):
                 _check_cancel(cancel)
                 chunk = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
@@ -270,8 +272,10 @@ class LoadedModel:
         return scores
 
 
-def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: str = "auto") -> LoadedModel:
-    """Load a bundle (None = `bundle.default_bundle_path()`) and put its classifier on `device`.
+def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: str = "auto",
+               bf16: bool = False) -> LoadedModel:
+    """Load a bundle (None = `bundle.default_bundle_path()`) and put its classifier on `device`
+    (`bf16`: bfloat16 autocast on CPU too).
 
     Raises:
         BundleError: missing, corrupt or incompatible bundle (from `bundle.load_bundle`).
@@ -289,7 +293,7 @@ def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: 
 
     # channels_last: oneDNN (CPU) and cuDNN run these convolutions about 1.5-2x faster in NHWC.
     model = bundle.build_model().to(dev, memory_format=torch.channels_last).eval()
-    return LoadedModel(bundle, model, dev, time.perf_counter() - start)
+    return LoadedModel(bundle, model, dev, time.perf_counter() - start, bf16)
 
 
 def predict_patient(
@@ -303,6 +307,7 @@ def predict_patient(
     *,
     liver_label: int | None = None,
     auto_mask: bool = False,
+    bf16: bool = False,
 ) -> PatientPrediction:
     """Per-slice cirrhosis scores and the patient probability for one CT.
 
@@ -318,6 +323,7 @@ def predict_patient(
         cancel: polled before each stage and batch; returning True raises Cancelled.
         liver_label: value of the liver in a multi-label mask (overrides the bundle's).
         auto_mask: segment the liver with TotalSegmentator when `mask` is None.
+        bf16: bfloat16 autocast on CPU too (GPU runs in half precision anyway).
 
     Returns:
         PatientPrediction with one SliceScore per liver slice, ordered by z (inferior first).
@@ -327,7 +333,7 @@ def predict_patient(
         BundleError: bad bundle.  Cancelled: `cancel()` returned True.
     """
     _check_cancel(cancel)
-    loaded = load_model(bundle, device)
+    loaded = load_model(bundle, device, bf16)
     return loaded.predict(image, mask, batch_size=batch_size, liver_label=liver_label,
                           auto_mask=auto_mask, progress=progress, cancel=cancel)
 
@@ -408,7 +414,7 @@ def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel
     check_output_dir(cfg.out, cfg.force)
     if cfg.liver_mask is None:
         _check_mask_source(cfg.auto_mask)
-    loaded = load_model(cfg.model, cfg.device)
+    loaded = load_model(cfg.model, cfg.device, cfg.bf16)
     with staged_output_dir(cfg.out, cfg.force) as stage:
         prediction = loaded.predict(cfg.ct, cfg.liver_mask, batch_size=cfg.batch_size, liver_label=cfg.liver_label,
                                     auto_mask=cfg.auto_mask, progress=progress or _log_progress(), cancel=cancel)
@@ -427,7 +433,7 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn | None, cancel: Cancel
         raise ConfigError("--liver-mask: not used with a cohort CSV; its liver_mask column gives each patient's mask")
     check_output_dir(cfg.out, cfg.force)
     records = read_manifest(cfg.ct)
-    loaded = load_model(cfg.model, cfg.device)
+    loaded = load_model(cfg.model, cfg.device, cfg.bf16)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     names: set[str] = set()
