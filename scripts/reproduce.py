@@ -81,7 +81,8 @@ def embedding_figure(run_dir: Path, weak_csv: Path, image_size: int, out: Path, 
         fig.colorbar(b, ax=axes[row, 1])
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(f"Slice features of {run_dir.name} ({len(x)} weak-set slices; synthetic phantoms)", fontsize=10)
+    name = "/".join(run_dir.parts[-3:])
+    fig.suptitle(f"Slice features of {name} ({len(x)} weak-set slices; synthetic phantoms)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, format="png")
     plt.close(fig)
