@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 def is_distributed() -> bool:
     """True when a process group is initialised with more than one process."""
@@ -33,6 +35,25 @@ def is_rank_zero() -> bool:
     return get_rank() == 0
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when PyTorch sees a GPU, else CPU; a named device is checked.
+
+    Raises:
+        ConfigError: CUDA requested but not available, or an unknown device name.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: not a torch device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here (PyTorch sees no GPU); use --device cpu or auto")
+    return dev
+
+
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group described by torchrun's environment, if any.
 
@@ -46,9 +67,7 @@ def init_distributed(device: str = "auto") -> torch.device:
     Returns:
         The device this process must put its model and batches on.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
+    resolved = resolve_device(device)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return resolved
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))

@@ -187,7 +187,7 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
     from sklearn.metrics import roc_auc_score
 
     from .config import EvaluateConfig
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     names = parse_protocols(protocols)
     if train_cfg is None:

@@ -133,25 +133,6 @@ def image_from_array(
     return image
 
 
-def resolve_device(device: str = "auto") -> "torch.device":
-    """"auto" -> CUDA when PyTorch sees a GPU, else CPU; a named device is checked.
-
-    Raises:
-        ConfigError: CUDA requested but not available, or an unknown device name.
-    """
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r}: not a torch device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU here; use --device cpu (or auto)")
-    return dev
-
-
 def _autocast(device: "torch.device", cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
     """Half precision on GPU (bfloat16 where supported); on CPU float32 unless `cpu_bf16` asks for
     bfloat16 (2-3x faster on CPUs with AVX-512 BF16 / AMX; scores move by about 1e-3)."""
@@ -282,6 +263,8 @@ def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: 
         ConfigError: unavailable device.
     """
     from .bundle import default_bundle_path, load_bundle
+
+    from .distributed import resolve_device
 
     start = time.perf_counter()
     dev = resolve_device(device)

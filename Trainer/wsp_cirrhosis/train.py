@@ -48,7 +48,7 @@ from .augment import Augment, random_views
 from .config import FinetuneConfig, PretrainConfig, TrainConfig, load_config, to_dict
 from .data import PatientSampler, SliceSampler, load_batch, prefetch
 from .distributed import (barrier, cleanup_distributed, get_rank, get_world_size, init_distributed,
-                          is_distributed, is_rank_zero, mean_over_ranks)
+                          is_distributed, is_rank_zero, mean_over_ranks, resolve_device)
 from .errors import ConfigError, InputError
 from .files import check_output_dir, save_torch_atomic, write_json_atomic, write_text_atomic
 from .losses import contrastive_loss
@@ -100,17 +100,6 @@ def encoder_name_of(encoder: nn.Module) -> str:
         if type(encoder) is cls:
             return name
     raise ConfigError(f"encoder class {type(encoder).__name__} is not in ENCODERS ({', '.join(ENCODERS)})")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; ConfigError for CUDA on a machine without it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(device)
 
 
 def lr_at(step: int, total_steps: int, peak: float) -> float:
