@@ -66,3 +66,32 @@ def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
         writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
         writer.Execute(sl)
     return folder
+
+
+def export_spread_bundle(ct_path, mask_path, preprocess, run_dir: Path, bundle_dir: Path, seed: int = 0) -> Path:
+    """A random-init TinyNet classifier exported as a bundle named "tiny-test".
+
+    Random pooled features barely vary between slices, so the head is scaled on this CT to
+    spread the slice scores over (0, 1): a flat curve would prove nothing about ordering.
+    """
+    import torch
+
+    from wsp_cirrhosis.bundle import export_bundle
+    from wsp_cirrhosis.config import to_dict
+    from wsp_cirrhosis.models import build_encoder
+    from wsp_cirrhosis.slices import prepare_ct
+    from wsp_cirrhosis.train import SliceClassifier
+
+    torch.manual_seed(seed)
+    model = SliceClassifier(build_encoder("tinynet"), "tinynet").eval()
+    liver = prepare_ct(str(ct_path), str(mask_path), preprocess)
+    with torch.no_grad():
+        features = model.encoder(torch.from_numpy(liver.slices).unsqueeze(1))
+        w = torch.randn(1, 512)
+        w /= (features @ w.T).std()
+        model.head.linear.weight.copy_(w)
+        model.head.linear.bias.fill_(-float((features @ w.T).mean()))
+    torch.save({"encoder_name": "tinynet", "encoder_state": model.encoder.state_dict(),
+                "classifier_state": model.head.state_dict(), "preprocess": to_dict(preprocess),
+                "threshold": 0.5, "class_names": ["no cirrhosis", "cirrhosis"]}, run_dir / "model.pt")
+    return export_bundle(run_dir, bundle_dir, name="tiny-test")

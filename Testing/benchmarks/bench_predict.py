@@ -110,14 +110,9 @@ def matmul_flops(n: int = 4096, reps: int = 5) -> float:
 def describe_machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from wsp_cirrhosis.provenance import cpu_model
+
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}")
 

@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from wsp_cirrhosis.cache import load_cohort
@@ -34,6 +33,7 @@ from wsp_cirrhosis.cli import main as cli_main
 from wsp_cirrhosis.config import PreprocessConfig, PretrainConfig, TrainConfig
 from wsp_cirrhosis.data import PatientSampler, load_batch
 from wsp_cirrhosis.files import write_text_atomic
+from wsp_cirrhosis.provenance import cpu_model
 from wsp_cirrhosis.train import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,14 +41,7 @@ ROWS = [("tinynet", False, 1), ("tinynet", True, 1), ("resnet18", False, 1), ("r
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} using {torch.get_num_threads()} "
             f"threads, Python {platform.python_version()}, device {device}{gpu}")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install 'slicer-core>=5.10')")
 if not hasattr(slicer, "vtkMRMLScene"):
@@ -25,14 +24,10 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from support import flip_storage, make_ct  # noqa: E402
-from wsp_cirrhosis.bundle import export_bundle  # noqa: E402
-from wsp_cirrhosis.config import PreprocessConfig, to_dict  # noqa: E402
+from support import export_spread_bundle, flip_storage, make_ct  # noqa: E402
+from wsp_cirrhosis.config import PreprocessConfig  # noqa: E402
 from wsp_cirrhosis.errors import BundleError, Cancelled, InputError  # noqa: E402
 from wsp_cirrhosis.inference import predict_patient  # noqa: E402
-from wsp_cirrhosis.models import build_encoder  # noqa: E402
-from wsp_cirrhosis.slices import prepare_ct  # noqa: E402
-from wsp_cirrhosis.train import SliceClassifier  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "WSPCirrhosis"
 sys.path.insert(0, str(MODULE_DIR))
@@ -98,20 +93,8 @@ def nifti(tmp_path_factory, images) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, nifti) -> Path:
     """A random TinyNet exported as a bundle; its head spreads the slice scores over (0, 1)."""
-    torch.manual_seed(0)
-    model = SliceClassifier(build_encoder("tinynet"), "tinynet").eval()
-    liver = prepare_ct(str(nifti["ct"]), str(nifti["mask"]), PREPROCESS)
-    with torch.no_grad():
-        features = model.encoder(torch.from_numpy(liver.slices).unsqueeze(1))
-        w = torch.randn(1, 512)
-        w /= (features @ w.T).std()
-        model.head.linear.weight.copy_(w)
-        model.head.linear.bias.fill_(-float((features @ w.T).mean()))
-    run = tmp_path_factory.mktemp("run")
-    torch.save({"encoder_name": "tinynet", "encoder_state": model.encoder.state_dict(),
-                "classifier_state": model.head.state_dict(), "preprocess": to_dict(PREPROCESS),
-                "threshold": 0.5, "class_names": ["no cirrhosis", "cirrhosis"]}, run / "model.pt")
-    return export_bundle(run, tmp_path_factory.mktemp("bundles") / "tiny", name="tiny-test")
+    return export_spread_bundle(nifti["ct"], nifti["mask"], PREPROCESS, tmp_path_factory.mktemp("run"),
+                                tmp_path_factory.mktemp("bundles") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wsp_cirrhosis.benchmark import Cell, aggregate, format_command, format_table, parse_grid, plot_results, plot_sigma
+from conftest_train import make_cohort
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.config import BenchmarkConfig, PreprocessConfig
 from wsp_cirrhosis.errors import ConfigError
@@ -95,9 +96,7 @@ REQUIRED = {"method", "encoder", "seed", "protocol", "fold_auc", "sigma", "fold_
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench-cohort") / "cohort"
-    assert main(["synth", "--out", str(out), "--patients", "6", "--histo-patients", "6",
-                 "--cirrhosis-fraction", "0.5", "--size", "48", "--seed", "1"]) == 0
-    return out
+    return make_cohort(out, patients=6, histo_patients=6, seed=1)
 
 
 def _bench(cohort: Path, out: Path, *extra: str) -> int:

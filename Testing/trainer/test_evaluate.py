@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest_train import make_cohort
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.errors import ConfigError, InputError
 from wsp_cirrhosis.evaluate import (
@@ -138,9 +139,7 @@ PROTOCOL_KEYS = {"fold_auc", "fold_balanced_accuracy", "fold_threshold", "auc_me
 def cohort(tmp_path_factory) -> Path:
     """A tiny synthetic cohort (size 48): weak.csv for pretraining, histo.csv with 3 + 3 patients."""
     out = tmp_path_factory.mktemp("eval-cohort") / "cohort"
-    assert main(["synth", "--out", str(out), "--patients", "6", "--histo-patients", "6",
-                 "--cirrhosis-fraction", "0.5", "--size", "48", "--seed", "0"]) == 0
-    return out
+    return make_cohort(out, patients=6, histo_patients=6, seed=0)
 
 
 def _check_result(doc: dict, protocols: list[str], folds: int) -> None:

@@ -10,17 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from support import flip_storage, make_ct
-from wsp_cirrhosis.bundle import default_bundle_path, export_bundle, load_bundle
+from support import export_spread_bundle, flip_storage, make_ct
+from wsp_cirrhosis.bundle import default_bundle_path, load_bundle
 from wsp_cirrhosis.cli import main
-from wsp_cirrhosis.config import PredictConfig, PreprocessConfig, to_dict
+from wsp_cirrhosis.config import PredictConfig, PreprocessConfig
 from wsp_cirrhosis.errors import BundleError, Cancelled, InputError
 from wsp_cirrhosis.inference import image_from_array, predict_patient, run_predict, totalsegmentator_available
-from wsp_cirrhosis.models import build_encoder
 from wsp_cirrhosis.slices import prepare_ct
-from wsp_cirrhosis.train import SliceClassifier, slice_probabilities
+from wsp_cirrhosis.train import slice_probabilities
 
 PREPROCESS = PreprocessConfig(image_size=32)
 JSON_KEYS = {"probability", "label", "threshold", "label_name", "class_names", "n_slices", "model", "inputs",
@@ -45,20 +43,8 @@ def bundle_dir(tmp_path_factory, patient) -> Path:
     Random pooled features barely vary between slices, so the head is scaled on the test CT to
     spread the slice scores over (0, 1): a curve that is flat would prove nothing about ordering.
     """
-    torch.manual_seed(0)
-    model = SliceClassifier(build_encoder("tinynet"), "tinynet").eval()
-    liver = prepare_ct(str(patient["ct"]), str(patient["mask"]), PREPROCESS)
-    with torch.no_grad():
-        features = model.encoder(torch.from_numpy(liver.slices).unsqueeze(1))
-        w = torch.randn(1, 512)
-        w /= (features @ w.T).std()
-        model.head.linear.weight.copy_(w)
-        model.head.linear.bias.fill_(-float((features @ w.T).mean()))
-    run = tmp_path_factory.mktemp("finetune-run")
-    torch.save({"encoder_name": "tinynet", "encoder_state": model.encoder.state_dict(),
-                "classifier_state": model.head.state_dict(), "preprocess": to_dict(PREPROCESS),
-                "threshold": 0.5, "class_names": ["no cirrhosis", "cirrhosis"]}, run / "model.pt")
-    return export_bundle(run, tmp_path_factory.mktemp("bundles") / "tiny", name="tiny-test")
+    return export_spread_bundle(patient["ct"], patient["mask"], PREPROCESS, tmp_path_factory.mktemp("finetune-run"),
+                                tmp_path_factory.mktemp("bundles") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -343,14 +342,9 @@ def machine_summary(device: str) -> str:
     """CPU model, threads and (when used) the GPU: one line for the report header."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .provenance import cpu_model
+
+    cpu = cpu_model()
     text = f"CPU {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
     use_cuda = torch.cuda.is_available() and device != "cpu"
     text += f"; GPU {torch.cuda.get_device_name(0)}" if use_cuda else "; no GPU (CPU run)"
@@ -386,8 +380,8 @@ def format_report(records: list[dict[str, Any]], cfg: BenchmarkConfig, cohort: d
         f"images {cfg.preprocess.image_size} px; seeds {', '.join(map(str, seeds))}",
         f"- Loss: tau {_PRETRAIN_DEFAULTS.tau:g}; sigma {_PRETRAIN_DEFAULTS.sigma:g} for wsp and positional "
         f"unless a row says otherwise (sigma = inf: no positional kernel); PCL window {_PRETRAIN_DEFAULTS.threshold:g}",
-        f"- Cells: patient-level AUC, mean ± std over all folds of all seeds (n = folds × seeds); "
-        f"frozen = logistic regression on mean-pooled features, finetune = whole network; best per column in bold",
+        "- Cells: patient-level AUC, mean ± std over all folds of all seeds (n = folds × seeds); "
+        "frozen = logistic regression on mean-pooled features, finetune = whole network; best per column in bold",
         f"- Software: wsp_cirrhosis {__version__}, git {git_revision() or 'unknown'}",
         "",
         "## AUC",
