@@ -33,6 +33,8 @@ benchmarks: $(STAMP)
 	$(PY) Testing/benchmarks/bench_loss.py
 	$(PY) Testing/benchmarks/bench_train.py
 	$(PY) Testing/benchmarks/bench_predict.py
+	$(PY) Testing/benchmarks/bench_process.py
+	$(PY) Testing/benchmarks/bench_preprocess.py
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -80,7 +80,7 @@ def export_spread_bundle(ct_path, mask_path, preprocess, run_dir: Path, bundle_d
     from wsp_cirrhosis.config import to_dict
     from wsp_cirrhosis.models import build_encoder
     from wsp_cirrhosis.slices import prepare_ct
-    from wsp_cirrhosis.train import SliceClassifier
+    from wsp_cirrhosis.models import SliceClassifier
 
     torch.manual_seed(seed)
     model = SliceClassifier(build_encoder("tinynet"), "tinynet").eval()

@@ -1,11 +1,12 @@
 """WSPCirrhosis: cirrhosis probability of a liver CT, per slice along z and for the patient.
 
-Thin Slicer layer over the trainer package `wsp_cirrhosis`: the Logic converts nodes, calls
-`wsp_cirrhosis.inference` (the same code as `wsp-cirrhosis predict`) and writes result nodes.
-The work lives in WSPCirrhosisLib/; torch and the trainer are imported only when Apply runs.
+Thin Slicer layer over the trainer package `wsp_cirrhosis`. Apply runs the trainer's own command,
+`PythonSlicer -m wsp_cirrhosis predict ... --progress jsonl`, in a child process and reads its
+result files back into table, chart and summary nodes; `WSPCirrhosisLogic.process` computes the
+same in this process, synchronously (console, tests). The work lives in WSPCirrhosisLib/; torch
+is imported only by the child or by `process`.
 """
 
-import logging
 import os
 import pathlib
 import traceback
@@ -34,7 +35,7 @@ class WSPCirrhosis(ScriptedLoadableModule):
         self.parent.title = _("WSP Cirrhosis")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["WSPCirrhosis contributors"]
+        self.parent.contributors = ["WSPCirrhosis maintainers (WSPCirrhosis project)"]
         self.parent.helpText = _(
             "Estimates the probability of liver cirrhosis from a CT and a liver segmentation with a "
             "2D encoder trained by weakly-supervised positional contrastive learning. Produces a "
@@ -50,17 +51,9 @@ class WSPCirrhosis(ScriptedLoadableModule):
 
 def registerSampleData():
     """List Slicer's built-in CTLiver sample (a liver CT) under a WSPCirrhosis category."""
-    import SampleData
+    from WSPCirrhosisLib import display
 
-    source = SampleData.SampleDataLogic().sourceForSampleName("CTLiver")
-    if source is None:
-        return
-    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
-        SampleData.SampleDataLogic.registerCustomSampleDataCategory("WSPCirrhosis", title=_("WSP Cirrhosis"))
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="WSPCirrhosis", sampleName="CTLiver", uris=source.uris, fileNames=source.fileNames,
-        nodeNames=source.nodeNames, checksums=source.checksums, thumbnailFileName=source.thumbnailFileName,
-        loadFileTypes=source.loadFileTypes)
+    display.registerSampleData(_("WSP Cirrhosis"))
 
 
 @parameterNodeWrapper
@@ -89,7 +82,7 @@ class WSPCirrhosisParameterNode:
 
 
 class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Panel: binds the .ui to the parameter node, runs the Logic in the background, shows results."""
+    """Panel: binds the .ui to the parameter node, runs the prediction as a process, shows results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -119,8 +112,9 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self.run.running:
-            self.run.job.requestCancel()
+        """Module reload or application exit: end a running prediction process; it writes nothing."""
+        if self.run.job is not None:
+            self.run.job.abandon()
         self.jumper.disconnect()
         self.segmentPicker.cleanup()
         self.removeObservers()
@@ -136,7 +130,7 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.run.running:
-            self.run.cancel()
+            self._cancel()  # a result arriving anyway finds its CT gone and is dropped (job.py)
         self.jumper.disconnect()
         self.segmentPicker.setSegmentationNode(None)
         self.setParameterNode(None)
@@ -146,12 +140,11 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        from WSPCirrhosisLib import panel
+
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if not volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                    self._parameterNode.inputVolume = volume
-                    break
+            self._parameterNode.inputVolume = panel.defaultInputVolume(slicer.mrmlScene)
         if not self._parameterNode.liverMask:
             self._parameterNode.liverMask = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
 
@@ -167,13 +160,15 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        from WSPCirrhosisLib import panel
+
         if self.run.running:
             return  # the button is Cancel while a job runs
         p = self._parameterNode
-        ready = bool(p and p.inputVolume and p.liverMask)
+        ready, tip = panel.applyState(p.inputVolume, p.liverMask, p.useCustomModel, p.modelPath) if p \
+            else (False, _("Select a CT volume and a liver segmentation (or labelmap)"))
         self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = _("Compute the cirrhosis score of every liver slice and of the patient") if ready \
-            else _("Select a CT volume and a liver segmentation (or labelmap)")
+        self.ui.applyButton.toolTip = tip
         self.ui.showPlotButton.enabled = bool(p and p.chart)
         self.ui.modelPathLineEdit.enabled = bool(p and p.useCustomModel)
 
@@ -195,47 +190,69 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.liverSegmentId = segmentId
 
     def onApplyButton(self) -> None:
-        """Apply starts a background prediction; while it runs the same button cancels it."""
+        """Apply starts the prediction process; while it runs the same button cancels it."""
+        if self.run.starting:
+            return  # second click of a double click: the run it started must go on
         if self.run.running:
-            self.run.cancel()
+            self._cancel()
             return
-        from WSPCirrhosisLib import dependencies
+        from WSPCirrhosisLib import analysis, dependencies
 
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Cannot start the prediction."), waitCursor=True):
-            try:
+        job = None
+        try:
+            with slicer.util.WaitCursor():
                 self.logic.ensureDependencies(askConfirmation=True)
-            except dependencies.DependencyError as exc:
-                if exc.restartRequired and slicer.util.confirmOkCancelDisplay(f"{exc}\n\nRestart Slicer now?"):
-                    slicer.util.restart()
-                raise
-            self.ui.statusLog.clear()
-            job = self.logic.processInBackground(
-                p.inputVolume, p.liverMask, segmentId=p.liverSegmentId or None, liverLabel=p.liverLabel,
-                device=p.device, model=p.modelPath if p.useCustomModel else None, batchSize=p.batchSize,
-                onProgress=self.run.onProgress, onFinished=self._onFinished)
-            self.run.start(job)
+                self.ui.statusLog.clear()
+                job = self.logic.startProcess(
+                    p.inputVolume, p.liverMask, segmentId=p.liverSegmentId or None, liverLabel=p.liverLabel,
+                    device=p.device, model=p.modelPath if p.useCustomModel else None, batchSize=p.batchSize,
+                    onProgress=self.run.onProgress, onLog=self.run.log, onStarted=self.run.onStarted,
+                    onFinished=self._onFinished)
+                self.run.start(job)
+        except Exception as exc:
+            from wsp_cirrhosis.errors import WSPError
 
-    def _onFinished(self, result, error) -> None:
-        from wsp_cirrhosis.errors import Cancelled, WSPError
-        from WSPCirrhosisLib import display, outputs
+            expected = (WSPError, dependencies.DependencyError, analysis.TrainerMissingError)
+            detail = None if isinstance(exc, expected) else traceback.format_exc()
+            self._showError(_("Cannot start the prediction: {error}").format(error=exc), detail)
+            if job is not None and self.run.job is job:  # the launch itself failed
+                self.run.finish(_("Failed: {error}").format(error=exc))
+            self._checkCanApply()
 
-        if error is None:
-            p = self._parameterNode
+    def _cancel(self) -> None:
+        from WSPCirrhosisLib import runner
+
+        if self.run.cancel():
+            runner.killLater(self.run.job, delayS=5.0)
+
+    def _onFinished(self, outcome) -> None:
+        """The process ended (main thread); `outcome` is a WSPCirrhosisLib.process.Outcome."""
+        from WSPCirrhosisLib import display
+        from WSPCirrhosisLib.process import JobState
+
+        p = self._parameterNode
+        if outcome.state == JobState.COMPLETED:
+            result = outcome.result
             if p:
-                p.resultText = outputs.resultText(result.prediction)
+                p.resultText = outcome.message
                 p.sliceTable, p.chart, p.scoreSeries = result.sliceTable, result.chart, result.scoreSeries
-            self.run.finish(outputs.resultText(result.prediction), completed=True)
-            display.showResult(p.inputVolume if p else None, result.chart)
+            self.run.finish(outcome.message, completed=True)
+            display.showResult(self.run.job.volumeNode if self.run.job else None, result.chart)
             self.jumper.connect(result.sliceTable, result.scoreSeries)
-        elif isinstance(error, Cancelled):
-            self.run.finish(_("Cancelled: no result was written"))
-        else:
-            self.run.finish(_("Failed: {error}").format(error=error))
-            detail = None if isinstance(error, WSPError) else "".join(
-                traceback.format_exception(type(error), error, error.__traceback__))
-            slicer.util.errorDisplay(_("Prediction failed: {error}").format(error=error), detailedText=detail)
+        elif outcome.state == JobState.FAILED:
+            self.run.finish(_("Failed: {error}").format(error=outcome.message))
+            self._showError(_("Prediction failed: {error}").format(error=outcome.message), outcome.detail)
+        else:  # cancelled, or dropped because its CT left the scene: logged, no dialog
+            self.run.finish(outcome.message)
         self._checkCanApply()
+
+    @staticmethod
+    def _showError(message: str, detail=None) -> None:
+        from WSPCirrhosisLib import panel
+
+        args, kwargs = panel.errorDisplayArguments(message, detail)
+        slicer.util.errorDisplay(*args, **kwargs)
 
     def onShowPlotButton(self) -> None:
         from WSPCirrhosisLib import display
@@ -248,7 +265,8 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
-    """Computation without GUI: `process(volumeNode, liverNode, device="cpu")` works from the console."""
+    """Computation without GUI: `process(volumeNode, liverNode, device="cpu")` works from the console
+    (in this process, synchronously); `startProcess` runs the same prediction in a child process."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -287,20 +305,13 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
                 model=None, batchSize: int = 32, progress=None, cancel=None, scene=None):
         """Predict cirrhosis for `volumeNode` (CT, HU) with the liver from `liverNode`, synchronously.
 
-        Args:
-            liverNode: vtkMRMLSegmentationNode (segment `segmentId`, default: the one named liver)
-                or vtkMRMLLabelMapVolumeNode (value `liverLabel`, 0 = its only label).
-            device: "auto", "cpu" or "cuda". model: bundle folder, None = bundled default.
-            progress: progress(fraction, message). cancel: returns True to stop between batches.
-            scene: the MRML scene receiving the result nodes (default: slicer.mrmlScene).
-
-        Returns:
-            WSPCirrhosisLib.analysis.AnalysisResult: .prediction, .probability, .sliceTable,
-            .summaryTable, .chart, .scoreSeries.
-
-        Raises:
-            wsp_cirrhosis.errors.WSPError (InputError, BundleError, ConfigError, Cancelled); the
-            scene is left unchanged.
+        liverNode: vtkMRMLSegmentationNode (segment `segmentId`, default: the one named liver) or
+        vtkMRMLLabelMapVolumeNode (value `liverLabel`, 0 = its only label). device: "auto", "cpu" or
+        "cuda". model: bundle folder, None = bundled default. progress(fraction, message); cancel()
+        returns True to stop between batches. scene: receives the nodes (default slicer.mrmlScene).
+        Returns an AnalysisResult (.prediction, .probability, .sliceTable, .summaryTable, .chart,
+        .scoreSeries). Raises wsp_cirrhosis.errors.WSPError (InputError, BundleError, ConfigError,
+        Cancelled), leaving the scene unchanged.
         """
         from WSPCirrhosisLib import analysis
 
@@ -308,37 +319,22 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
         prediction = analysis.predict(self.loadModel(model, device), image, mask, batchSize, progress, cancel)
         return analysis.writeOutputs(scene or slicer.mrmlScene, prediction, volumeNode, liverNode)
 
-    def processInBackground(self, volumeNode, liverNode, *, segmentId=None, liverLabel: int = 0,
-                            device: str = "auto", model=None, batchSize: int = 32,
-                            onProgress=None, onFinished=None):
-        """Like `process`, but the model runs in a worker thread; returns the not yet started job.
+    def startProcess(self, volumeNode, liverNode, *, segmentId=None, liverLabel: int = 0, device: str = "auto",
+                     model=None, batchSize: int = 32, scene=None, workDir=None, launch=None, **callbacks):
+        """The prediction of `process` as `PythonSlicer -m wsp_cirrhosis predict` in a child process.
 
-        Inputs are read and the model loaded here (errors raise at once); the result nodes are
-        written on the main thread, then onFinished(AnalysisResult or None, error or None) is called.
+        Writes the inputs now (bad inputs raise InputError at once) and returns the job, not yet
+        started: `job.start()` launches it; callbacks (onProgress, onLog, onStarted, onFinished)
+        run on the main thread, and onFinished(Outcome) finds the result nodes in the scene.
         """
-        from WSPCirrhosisLib import analysis, runner
+        from WSPCirrhosisLib import analysis, job, runner
 
-        image, mask = analysis.prepareInputs(volumeNode, liverNode, segmentId, liverLabel)
-        loadedModel = self.loadModel(model, device)
-
-        def work(progress, cancel):
-            return analysis.predict(loadedModel, image, mask, batchSize, progress, cancel)
-
-        def done(prediction, error):
-            result = None
-            if error is None and not slicer.mrmlScene.IsNodePresent(volumeNode):
-                error = RuntimeError("the CT volume left the scene during the prediction; nothing was written")
-            if error is None:
-                try:
-                    result = analysis.writeOutputs(slicer.mrmlScene, prediction, volumeNode, liverNode)
-                except Exception as exc:
-                    error = exc
-            if onFinished is not None:
-                onFinished(result, error)
-            elif error is not None:
-                logging.error("WSPCirrhosis: %s", error)
-
-        return runner.BackgroundJob(work, onProgress=onProgress, onDone=done)
+        if model is None or str(model) in ("", "."):
+            model = analysis.defaultModelPath()  # the in-process default, named explicitly for the child
+        workDir = workDir or slicer.util.tempDirectory("WSPCirrhosis")
+        return job.createJob(scene or slicer.mrmlScene, volumeNode, liverNode, workDir, segmentId=segmentId,
+                             liverLabel=liverLabel, model=model, device=device, batchSize=batchSize,
+                             launch=launch or runner.launch, **callbacks)
 
 
 class WSPCirrhosisTest(ScriptedLoadableModuleTest):
@@ -355,10 +351,9 @@ class WSPCirrhosisTest(ScriptedLoadableModuleTest):
         self.test_CTLiverEndToEnd()
 
     def test_MissingInputsRaise(self):
+        import numpy as np
         from wsp_cirrhosis.errors import InputError
         from WSPCirrhosisLib import analysis
-
-        import numpy as np
 
         self.delayDisplay("Missing inputs give InputError and create no node")
         with self.assertRaises(InputError):
@@ -371,14 +366,14 @@ class WSPCirrhosisTest(ScriptedLoadableModuleTest):
 
     def test_CTLiverEndToEnd(self):
         import importlib.util
+        import time
 
+        import numpy as np
+        import SampleData
         from WSPCirrhosisLib import analysis
 
         if importlib.util.find_spec("torch") is None or not os.path.isdir(analysis.defaultModelPath()):
-            self.delayDisplay("PyTorch or the bundled model is missing: model test skipped")
-            return
-        import numpy as np
-        import SampleData
+            return self.delayDisplay("PyTorch or the bundled model is missing: model test skipped")
 
         volume = SampleData.downloadSample("CTLiver")
         self.delayDisplay("Loaded CTLiver; building a rough liver box mask")
@@ -394,4 +389,12 @@ class WSPCirrhosisTest(ScriptedLoadableModuleTest):
         self.assertGreater(result.sliceTable.GetNumberOfRows(), 0)
         self.assertTrue(0.0 <= result.probability <= 1.0)
         self.assertEqual(result.chart.GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("The same prediction in a PythonSlicer process (what Apply runs)")
+        finished = []
+        WSPCirrhosisLogic().startProcess(volume, mask, device="cpu", onFinished=finished.append).start()
+        while not finished:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(finished[0].state.value, "completed", finished[0].message)
+        self.assertAlmostEqual(finished[0].result.probability, result.probability, places=5)
         self.delayDisplay("Test passed")

@@ -53,7 +53,7 @@ def embedding_figure(run_dir: Path, weak_csv: Path, image_size: int, out: Path, 
 
     from wsp_cirrhosis.cache import load_cohort
     from wsp_cirrhosis.config import PreprocessConfig
-    from wsp_cirrhosis.train import load_pretrained_encoder
+    from wsp_cirrhosis.features import load_pretrained_encoder
 
     _, encoder = load_pretrained_encoder(run_dir)
     encoder.eval()

@@ -58,7 +58,7 @@ def export_random_bundle(encoder_name: str, image_size: int, folder: Path) -> Pa
     from wsp_cirrhosis.bundle import export_bundle
     from wsp_cirrhosis.config import PreprocessConfig, to_dict
     from wsp_cirrhosis.models import build_encoder
-    from wsp_cirrhosis.train import SliceClassifier
+    from wsp_cirrhosis.models import SliceClassifier
 
     torch.manual_seed(0)
     model = SliceClassifier(build_encoder(encoder_name), encoder_name)
@@ -81,7 +81,7 @@ def run_case(data: Path, bundle: Path, out: Path) -> dict:
     import wsp_cirrhosis.slices  # noqa: F401
     import wsp_cirrhosis.train  # noqa: F401
     from wsp_cirrhosis.config import PredictConfig
-    from wsp_cirrhosis.inference import run_predict
+    from wsp_cirrhosis.predict import run_predict
 
     imported = time.perf_counter()
     cfg = PredictConfig(ct=data / "ct.nii.gz", out=out, liver_mask=data / "liver.nii.gz", model=bundle, device="cpu",

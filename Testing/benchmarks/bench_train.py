@@ -34,7 +34,7 @@ from wsp_cirrhosis.config import PreprocessConfig, PretrainConfig, TrainConfig
 from wsp_cirrhosis.data import PatientSampler, load_batch
 from wsp_cirrhosis.files import write_text_atomic
 from wsp_cirrhosis.provenance import cpu_model
-from wsp_cirrhosis.train import pretrain
+from wsp_cirrhosis.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [("tinynet", False, 1), ("tinynet", True, 1), ("resnet18", False, 1), ("resnet18", True, 1), ("tinynet", True, 4)]
@@ -51,7 +51,8 @@ def run_row(patients: list, encoder: str, bf16: bool, accumulate: int, args: arg
     steps_per_epoch = math.ceil(len(patients) / args.batch_size)
     epochs = 1 + math.ceil(args.steps / steps_per_epoch)
     cfg = PretrainConfig(manifest=Path("bench.csv"), out=work / f"{encoder}-{'bf16' if bf16 else 'fp32'}-{accumulate}",
-                         encoder=encoder, train=TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=1e-4,
+                         encoder=encoder, monitor_fraction=0.0, slices_per_epoch=steps_per_epoch * args.batch_size,
+                         train=TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=1e-4,
                                                             device=args.device, bf16=bf16, accumulate=accumulate,
                                                             force=True))
     run = pretrain(cfg, patients)

@@ -378,16 +378,29 @@ def test_logic_process_is_the_console_api(module_file, scene, bundle_dir, refere
         logic.process(None, scene.labelmap, device="cpu", model="/nonexistent/bundle")
 
 
-def test_logic_background_job_writes_the_same_result(module_file, scene, bundle_dir, reference):
+def test_logic_start_process_writes_the_result_of_process(module_file, scene, bundle_dir, tmp_path):
+    """Apply's path (a `python -m wsp_cirrhosis predict` child, its files read back) and the console's
+    `logic.process` (in this process) give the same nodes."""
+    from WSPCirrhosisLib import job, process
+
+    logic = module_file.WSPCirrhosisLogic()
+    direct = logic.process(scene.ct, scene.labelmap, device="cpu", model=bundle_dir, batchSize=8)
     finished = []
-    job = module_file.WSPCirrhosisLogic().processInBackground(
-        scene.ct, scene.labelmap, device="cpu", model=bundle_dir, onFinished=lambda r, e: finished.append((r, e)))
-    job.start(autoPoll=False)  # no Qt event loop here: poll by hand
-    assert job.wait(timeout=60)
-    (result, error), = finished
-    assert error is None
-    assert result.probability == pytest.approx(reference.probability, abs=1e-6)
-    assert scene.IsNodePresent(result.sliceTable)
+    run = logic.startProcess(scene.ct, scene.labelmap, device="cpu", model=bundle_dir, batchSize=8,
+                             workDir=tmp_path / "work", launch=job.popenLaunch, onFinished=finished.append)
+    assert "--progress" in run.command and run.command[:3] == [sys.executable, "-m", "wsp_cirrhosis"]
+    run.start()
+    assert run.handle.wait(120)
+    (outcome,) = finished
+    assert outcome.state == process.JobState.COMPLETED, outcome.message
+    result = outcome.result
+    assert result.probability == pytest.approx(direct.probability, abs=1e-6)
+    for name in outputs.SLICE_COLUMNS:
+        assert np.allclose(column(result.sliceTable, name), column(direct.sliceTable, name), atol=1e-6), name
+    same = dict(zip(strings(direct.summaryTable, "property"), strings(direct.summaryTable, "value")))
+    assert dict(zip(strings(result.summaryTable, "property"), strings(result.summaryTable, "value"))) == same
+    assert result.chart.GetTitle() == direct.chart.GetTitle() and result.chart.GetNumberOfPlotSeriesNodes() == 2
+    assert not (tmp_path / "work").exists(), "inputs and result files are removed once read"
 
 
 # --- the segment picker, with a stand-in combo box (PythonQt exists only inside Slicer) ------

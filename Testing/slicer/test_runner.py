@@ -1,82 +1,28 @@
-"""runner.BackgroundJob without Qt: the worker thread, progress hand-off, cancel and errors.
+"""Apply <-> Cancel, progress bar and clicks around a real child process, without Qt.
 
-In Slicer a QTimer calls `poll()`; here the test calls it (through `wait`), which is the same
-code path minus the timer.
+PythonQt exists only inside Slicer, so the widgets are small stand-ins and qt.QTimer.singleShot
+is a queue the test fires by hand; the jobs run real child processes (plain Python scripts that
+speak the JSON-lines protocol), polled by hand as Slicer 5.10's QTimer would.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-import threading
+import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
+# First, before WSPCirrhosisLib: slicer-core's package __init__ imports every module of each
+# "slicer" folder on sys.path, this Testing/slicer folder included.
+pytest.importorskip("slicer", reason="slicer-core is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "WSPCirrhosis"))
 
-from WSPCirrhosisLib.runner import BackgroundJob  # noqa: E402
-from wsp_cirrhosis.errors import Cancelled  # noqa: E402
-
-
-def run_job(work):
-    events, done = [], []
-    job = BackgroundJob(work, onProgress=lambda f, m: events.append((f, m, threading.current_thread().name)),
-                        onDone=lambda r, e: done.append((r, e, threading.current_thread().name)))
-    job.start(autoPoll=False)
-    assert job.wait(timeout=30)
-    return job, events, done
-
-
-def test_result_and_progress_reach_the_polling_thread_in_order():
-    def work(progress, cancel):
-        for i in range(5):
-            progress(i / 4, f"batch {i}")
-        return "scores"
-
-    job, events, done = run_job(work)
-    assert [m for _, m, _ in events] == [f"batch {i}" for i in range(5)]
-    assert [f for f, _, _ in events] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert done == [("scores", None, "MainThread")]
-    assert {thread for *_, thread in events} == {"MainThread"}, "callbacks run where poll() runs"
-    assert not job.running and job.poll(), "done is delivered once, poll stays True"
-    assert len(done) == 1
-
-
-def test_cancel_request_stops_the_worker_with_cancelled():
-    started = threading.Event()
-
-    def work(progress, cancel):
-        started.set()
-        while not cancel():
-            threading.Event().wait(0.005)
-        raise Cancelled("prediction cancelled")
-
-    job = BackgroundJob(work, onDone=lambda r, e: outcome.append(e))
-    outcome = []
-    job.start(autoPoll=False)
-    assert started.wait(10)
-    assert job.running and not job.cancelRequested
-    job.requestCancel()
-    assert job.wait(timeout=10)
-    assert job.cancelRequested and isinstance(outcome[0], Cancelled)
-
-
-def test_worker_exception_is_handed_over_not_lost():
-    def work(progress, cancel):
-        raise ValueError("bad slice")
-
-    _, _, done = run_job(work)
-    result, error, _ = done[0]
-    assert result is None and isinstance(error, ValueError) and str(error) == "bad slice"
-
-
-def test_a_job_runs_only_once():
-    job, _, _ = run_job(lambda progress, cancel: 1)
-    with pytest.raises(RuntimeError, match="runs once"):
-        job.start(autoPoll=False)
-
-
-# --- RunControls with stand-in widgets (PythonQt exists only inside Slicer) -------------------
+from WSPCirrhosisLib.job import PredictionJob  # noqa: E402
+from WSPCirrhosisLib.process import JobState  # noqa: E402
+from WSPCirrhosisLib.runner import HIDE_PROGRESS_AFTER_MS, RunControls  # noqa: E402
 
 
 class FakeTimer:
@@ -86,20 +32,17 @@ class FakeTimer:
 
     @classmethod
     def singleShot(cls, msec, callback):
-        cls.pending.append(callback)
+        cls.pending.append((msec, callback))
 
     @classmethod
-    def fire_all(cls, limit=10000):
-        for _ in range(limit):
-            if not cls.pending:
-                return
-            cls.pending.pop(0)()
-        raise AssertionError("timer chain never ended")
+    def fire_all(cls):
+        while cls.pending:
+            cls.pending.pop(0)[1]()
 
 
 class Widget:
     def __init__(self, text=""):
-        self.text, self.toolTip, self.enabled, self.shown = text, "", False, None
+        self.text, self.toolTip, self.enabled, self.shown = text, "", True, None
         self.value, self.format, self.range, self.lines = 0, "", None, []
 
     def setRange(self, lo, hi): self.range = (lo, hi)
@@ -113,46 +56,100 @@ class Widget:
 
 @pytest.fixture
 def controls(monkeypatch):
-    import types
-
-    from WSPCirrhosisLib.runner import RunControls
-
     monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=FakeTimer))
     FakeTimer.pending = []
     return RunControls(Widget("Apply"), Widget(), Widget())
 
 
-def test_apply_turns_into_cancel_while_a_job_runs_and_back(controls):
-    release = threading.Event()
-    outcome = []
+def child_job(tmp_path, script: str, controls, outcomes) -> PredictionJob:
+    """A job whose child is `python -c script` (the protocol written by hand)."""
+    import slicer
 
-    def work(progress, cancel):
-        progress(0.5, "model: batch 1/2 (40 slices)")
-        release.wait(10)
-        return 0.7
+    scene = slicer.vtkMRMLScene()  # real and empty: these children return no result
+    return PredictionJob(scene, None, None, workDir=tmp_path / "work",
+                         command=[sys.executable, "-c", textwrap.dedent(script)], extraEnv={},
+                         onProgress=controls.onProgress, onLog=controls.log, onStarted=controls.onStarted,
+                         onFinished=lambda outcome: (outcomes.append(outcome), controls.finish(outcome.message)))
 
-    job = BackgroundJob(work, onProgress=controls.onProgress,
-                        onDone=lambda r, e: (outcome.append((r, e)), controls.finish(f"done {r}", completed=True)))
+
+SLOW_CHILD = """
+    import json, os, sys, time
+    print(json.dumps({"event": "start", "pid": os.getpid()}), flush=True)
+    print(json.dumps({"event": "progress", "fraction": 0.25, "stage": "model", "message": "model: batch 1/4"}), flush=True)
+    time.sleep(60)
+"""
+
+
+def wait_for(job, predicate, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        job.handle.poll()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_double_click_on_apply_does_not_cancel_the_run_it_started(controls, tmp_path):
+    outcomes = []
+    job = child_job(tmp_path, SLOW_CHILD, controls, outcomes)
     controls.start(job)
-    assert controls.running and controls.applyButton.text == "Cancel" and controls.progressBar.shown
-    release.set()
+    assert controls.applyButton.text == "Cancel" and controls.applyButton.enabled is False
+    assert controls.starting and controls.cancel() is False, "a click while starting is ignored"
+    wait_for(job, lambda: job.state == JobState.RUNNING)
+    assert controls.applyButton.enabled is True, "once the child speaks, the button cancels"
+    wait_for(job, lambda: controls.progressBar.value == 250)
+    assert controls.cancel() is True and controls.applyButton.enabled is False
+    assert job.handle.wait(30)
+    assert [o.state for o in outcomes] == [JobState.CANCELLED]
+    assert controls.applyButton.text == "Apply" and controls.applyButton.enabled
+    assert any("batch 1/4" in line for line in controls.logBox.lines)
+    assert not (tmp_path / "work").exists(), "the run's folder is removed"
+
+
+def test_hiding_the_bar_of_a_finished_run_spares_the_next_run(controls, tmp_path):
+    outcomes = []
+    quick = 'import json; print(json.dumps({"event": "error", "message": "no liver", "exit_code": 2})); raise SystemExit(2)'
+    first = child_job(tmp_path / "1", quick, controls, outcomes)
+    controls.start(first)
+    assert first.handle.wait(30)
+    assert outcomes[0].state == JobState.FAILED and outcomes[0].message == "no liver"
+    assert outcomes[0].detail is None, "an expected error carries no detail (Slicer would show 'None')"
+    assert [msec for msec, _ in FakeTimer.pending] == [HIDE_PROGRESS_AFTER_MS]
+    second = child_job(tmp_path / "2", SLOW_CHILD, controls, outcomes)
+    controls.start(second)  # within the 1.5 s of the first run's delayed hide
     FakeTimer.fire_all()
-    assert outcome == [(0.7, None)]
-    assert not controls.running and controls.applyButton.text == "Apply" and controls.applyButton.enabled
-    assert controls.progressBar.value == 1000 and controls.progressBar.shown is False
-    assert any("batch 1/2" in line for line in controls.logBox.lines) and controls.logBox.lines[-1].endswith("done 0.7")
-
-
-def test_cancel_button_requests_cancel_and_disables_itself(controls):
-    def work(progress, cancel):
-        while not cancel():
-            threading.Event().wait(0.005)
-        raise Cancelled("prediction cancelled")
-
-    errors = []
-    job = BackgroundJob(work, onDone=lambda r, e: (errors.append(e), controls.finish("Cancelled")))
-    controls.start(job)
+    assert controls.progressBar.shown is True, "the first run's timer must not hide the second run's bar"
+    wait_for(second, lambda: second.state == JobState.RUNNING)
     controls.cancel()
-    assert job.cancelRequested and controls.applyButton.enabled is False
+    assert second.handle.wait(30)
     FakeTimer.fire_all()
-    assert isinstance(errors[0], Cancelled) and controls.applyButton.text == "Apply"
+    assert controls.progressBar.shown is False
+
+
+def test_a_crash_shows_the_last_log_lines_and_writes_nothing(controls, tmp_path):
+    outcomes = []
+    crash = """
+        import json, os, sys
+        print(json.dumps({"event": "start", "pid": os.getpid()}), flush=True)
+        print("loading the model", file=sys.stderr, flush=True)
+        raise MemoryError("CUDA out of memory")
+    """
+    job = child_job(tmp_path, crash, controls, outcomes)
+    controls.start(job)
+    assert job.handle.wait(30)
+    (outcome,) = outcomes
+    assert outcome.state == JobState.FAILED and "exit code 1" in outcome.message
+    assert "MemoryError: CUDA out of memory" in outcome.detail and "loading the model" in outcome.detail
+    assert outcome.result is None and not (tmp_path / "work").exists()
+
+
+def test_protocol_lines_and_log_lines_are_told_apart():
+    from WSPCirrhosisLib.process import ProtocolReader
+
+    reader = ProtocolReader(tailLines=2)
+    lines = ['{"event": "start", "pid": 42}', "21:00:01 WARNING slow disk", "{not json", "[1, 2]",
+             json.dumps({"event": "done", "exit_code": 0, "files": {}})]
+    kinds = [(reader.feed(line) or {}).get("event") for line in lines]
+    assert kinds == ["start", None, None, None, "done"]
+    assert reader.workerPid == 42 and list(reader.tail) == ["{not json", "[1, 2]"]

@@ -26,7 +26,7 @@ RAW_PREFIX = "https://raw.githubusercontent.com/wspcirrhosis/SlicerWSPCirrhosis/
 ACCEPTED_CATEGORIES = {"Segmentation", "Quantification", "Analysis", "Utilities", "Examples", "Informatics",
                        "Filtering", "Registration", "Radiotherapy", "Cardiac", "DICOM"}
 FILE_SCOPE_ALLOWED = set(sys.stdlib_module_names) | {"slicer", "vtk", "qt", "ctk"}
-QT_FREE_LIB = ("nodes.py", "outputs.py", "analysis.py")  # must run on a bare slicer-core scene
+QT_FREE_LIB = ("nodes.py", "outputs.py", "analysis.py", "process.py", "job.py", "panel.py")  # run on a bare slicer-core scene
 
 
 def cmake_text(path: Path) -> str:
@@ -151,6 +151,34 @@ def test_extension_metadata_is_complete():
     assert "## NEXT_MODULE" in (ROOT / "CMakeLists.txt").read_text()
 
 
+# Schema v1.0.1 of the Extensions Index catalog entry (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json)
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_KEYS = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier"}
+CONTRIBUTOR = r"[^(),]+ \([^()]+\)"  # "Name (Organization)", as the Index asks
+
+
+def test_catalog_entry_matches_the_index_schema_and_cmake():
+    raw = (ROOT / f"{MODULE}.json").read_bytes()
+    assert b"\r" not in raw, "the Index requires LF line endings"
+    import json
+
+    entry = json.loads(raw)
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_KEYS, f"keys outside schema v1.0.1: {set(entry) - CATALOG_KEYS}"
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    text = cmake_text(ROOT / "CMakeLists.txt")
+    assert entry["category"] == cmake_set(text, "EXTENSION_CATEGORY") and entry["category"] in ACCEPTED_CATEGORIES
+    assert entry["build_dependencies"] == cmake_set(text, "EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert entry["scm_url"].startswith("https://github.com/") and entry["scm_url"].split("/")[-1].startswith("Slicer")
+    assert entry["scm_url"] == cmake_set(text, "EXTENSION_HOMEPAGE") and entry["scm_revision"] == "main"
+
+
+def test_contributors_are_name_and_organization():
+    contributors = cmake_set(cmake_text(ROOT / "CMakeLists.txt"), "EXTENSION_CONTRIBUTORS")
+    assert re.fullmatch(rf"{CONTRIBUTOR}(, {CONTRIBUTOR})*", contributors), contributors
+    module = re.search(r"self\.parent\.contributors = (\[.*?\])", MODULE_FILE.read_text()).group(1)
+    assert ast.literal_eval(module) == contributors.split(", ")
+
+
 def test_license_and_requirements():
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
     from packaging.requirements import Requirement
@@ -256,6 +284,21 @@ def test_class_names_follow_the_scripted_module_convention():
 @pytest.mark.parametrize("path", sorted(MODULE_DIR.rglob("*.py")), ids=lambda p: str(p.relative_to(MODULE_DIR)))
 def test_module_python_files_compile_under_python_3_11(path):
     compile(parse(path), str(path), "exec")
+
+
+def test_widget_runs_the_model_in_a_process_and_shows_errors_without_a_none_detail():
+    source = MODULE_FILE.read_text()
+    widget = classes(parse(MODULE_FILE))[f"{MODULE}Widget"]
+    body = {n.name: ast.get_source_segment(source, n) for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert "startProcess" in body["onApplyButton"] and "processInBackground" not in source
+    assert body["onApplyButton"].index("self.run.starting") < body["onApplyButton"].index("self._cancel()"), \
+        "clicks while the process starts are ignored before Apply may mean Cancel"
+    assert ".abandon()" in body["cleanup"], "module reload / application exit must end the process"
+    assert "panel.defaultInputVolume" in body["initializeParameterNode"]
+    assert "panel.applyState" in body["_checkCanApply"]
+    calls = re.findall(r"errorDisplay\((.*)\)", source)
+    assert calls == ["*args, **kwargs"], "every error dialog goes through panel.errorDisplayArguments"
+    assert "detailedText=None" not in source and "import threading" not in (LIB_DIR / "runner.py").read_text()
 
 
 def test_files_stay_small():

@@ -17,7 +17,8 @@ from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.config import PreprocessConfig
 from wsp_cirrhosis.errors import BundleError
 from wsp_cirrhosis.models import build_encoder
-from wsp_cirrhosis.train import SliceClassifier, patient_probabilities
+from wsp_cirrhosis.features import patient_probabilities
+from wsp_cirrhosis.models import SliceClassifier
 
 
 @pytest.fixture(scope="module")

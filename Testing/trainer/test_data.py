@@ -28,6 +28,21 @@ def test_patient_batches_hold_distinct_patients_and_valid_slices():
         assert ((slices >= 0) & (slices < np.array(n_slices)[patients])).all()
 
 
+def test_patient_epoch_length_can_be_set_in_steps_whatever_the_cohort_size():
+    s = _sampler([0, 1] * 5, batch_size=4, steps_per_epoch=25)
+    assert s.steps_per_epoch == 25 and len(s.epoch(0)) == 25 and s.state_dict()["steps_per_epoch"] == 25
+
+
+def test_position_groups_give_each_group_one_relative_slice_position():
+    n_slices = [5, 9, 13, 17] * 4
+    s = _sampler([0, 1, 2, 3] * 4, n_slices, batch_size=8, position_groups=2)
+    for patients, slices in s.epoch(0):
+        rel = slices / (np.array(n_slices)[patients] - 1)
+        first, second = rel[:4], rel[4:]
+        assert first.max() - first.min() <= 1 / 4 and second.max() - second.min() <= 1 / 4  # rounding: 1 / (2 * 4) each
+        assert first.max() <= 0.5 + 1 / 8 and second.min() >= 0.5 - 1 / 8  # stratified halves of [0, 1]
+
+
 def test_patient_batches_are_a_function_of_seed_and_epoch():
     def draw(seed, epoch):
         return [np.stack(b).tolist() for b in _sampler([0, 1, 2] * 4, seed=seed).epoch(epoch)]

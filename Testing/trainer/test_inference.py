@@ -16,9 +16,11 @@ from wsp_cirrhosis.bundle import default_bundle_path, load_bundle
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.config import PredictConfig, PreprocessConfig
 from wsp_cirrhosis.errors import BundleError, Cancelled, InputError
-from wsp_cirrhosis.inference import image_from_array, predict_patient, run_predict, totalsegmentator_available
+from wsp_cirrhosis.inference import image_from_array, predict_patient, totalsegmentator_available
+from wsp_cirrhosis.predict import run_predict
+from wsp_cirrhosis.report import read_prediction
 from wsp_cirrhosis.slices import prepare_ct
-from wsp_cirrhosis.train import slice_probabilities
+from wsp_cirrhosis.features import slice_probabilities
 
 PREPROCESS = PreprocessConfig(image_size=32)
 JSON_KEYS = {"probability", "label", "threshold", "label_name", "class_names", "n_slices", "model", "inputs",
@@ -79,6 +81,11 @@ def test_predict_command_writes_slices_prediction_and_curve(patient, bundle_dir,
     assert record["device"] == "cpu" and "torch" in record["software"]
     assert {"read_s", "preprocess_s", "model_s", "write_s"} <= set(record["timings_s"])
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # prediction.json keeps every slice at full precision: another process rebuilds the same prediction.
+    again = read_prediction(out / "prediction.json")
+    assert again.probability == record["probability"] and again.n_slices == len(rows)
+    assert [round(s.score, 6) for s in again.slices] == [float(r["score"]) for r in rows]
+    assert again.probability == pytest.approx(np.mean([s.score for s in again.slices]), abs=1e-12)
 
 
 def test_probability_is_the_mean_of_slice_scores_and_matches_training_code(patient, bundle):

@@ -30,6 +30,16 @@ def test_heads_shapes():
     assert ClassifierHead()(h).shape == (3,)
 
 
+def test_batchnorm_projection_head_spreads_nearly_identical_features():
+    torch.manual_seed(0)
+    h = torch.ones(16, 512) + 1e-3 * torch.randn(16, 512)  # an encoder near collapse
+    cos = lambda z: torch.nn.functional.cosine_similarity(z[:, None], z[None], dim=-1)  # noqa: E731
+    assert cos(ProjectionHead(norm="none")(h)).min() > 0.99
+    assert cos(ProjectionHead(norm="batch")(h)).min() < 0.5  # batch statistics rescale the differences
+    with pytest.raises(ConfigError, match="layer"):
+        ProjectionHead(norm="layer")
+
+
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_state_dict_round_trip_gives_identical_outputs(name):
     torch.seed()  # fresh weights each run, not the process-start default seed

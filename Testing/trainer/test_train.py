@@ -1,7 +1,9 @@
-"""train.py: run folders, every method, finetune variants, exact resume, gradient caching, bad arguments."""
+"""train.py / pretrain.py / finetune.py: run folders, every method, finetune variants, exact resume,
+gradient caching (with the BatchNorm head), recipes, bad arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,13 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+import wsp_cirrhosis.pretrain as pretrain_mod
 import wsp_cirrhosis.train as train
 from conftest_train import fake_patients, rewrite_manifest, run_states, shared_cohort
+from wsp_cirrhosis.augment import AUGMENTS, PAPER_AUGMENT
 from wsp_cirrhosis.cli import main
-from wsp_cirrhosis.config import METHODS, PretrainConfig, TrainConfig
-from wsp_cirrhosis.models import ProjectionHead, TinyNet
+from wsp_cirrhosis.config import METHODS, PretrainConfig, TrainConfig, apply_recipe
+from wsp_cirrhosis.features import load_pretrained_encoder, patient_probabilities, pooled_features, slice_probabilities
+from wsp_cirrhosis.finetune import fit_classifier
+from wsp_cirrhosis.models import ProjectionHead, Projector, SliceClassifier, TinyNet
 
 SMALL = ["--image-size", "16", "--device", "cpu"]
+NO_MONITOR = ["--monitor-fraction", "0"]
 METRIC_KEYS = {"epoch", "step", "loss", "lr", "time_s", "slices_per_s", "data_wait_fraction"}
 
 
@@ -29,13 +36,14 @@ def cohort(tmp_path_factory) -> Path:
 def pretrained(cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrain") / "run"
     assert main(["pretrain", "--manifest", str(cohort / "weak.csv"), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "8", "--lr", "1e-3", *SMALL]) == 0
+                 "--batch-size", "8", "--slices-per-epoch", "8", "--lr", "1e-3", *NO_MONITOR, *SMALL]) == 0
     return out
 
 
 def _pretrain_cfg(out: Path, **train_kw) -> PretrainConfig:
     kw = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "device": "cpu", **train_kw}
-    return PretrainConfig(manifest=Path("fake.csv"), out=out, train=TrainConfig(**kw))
+    return PretrainConfig(manifest=Path("fake.csv"), out=out, train=TrainConfig(**kw), slices_per_epoch=8,
+                          monitor_fraction=0.0)
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
@@ -48,23 +56,24 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_pretrain_one_epoch_writes_the_run_folder(method, tmp_path):
-    cfg = PretrainConfig(manifest=Path("fake.csv"), out=tmp_path / "run", method=method,
-                         train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
-    run = train.pretrain(cfg, fake_patients(8, size=16))
+    cfg = PretrainConfig(manifest=Path("fake.csv"), out=tmp_path / "run", method=method, slices_per_epoch=8,
+                         monitor_fraction=0.0, train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    run = pretrain_mod.pretrain(cfg, fake_patients(8, size=16))
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "encoder.pt", "metrics.jsonl"]
     saved = json.loads((run / "config.json").read_text())
     assert saved["command"] == "pretrain" and saved["config"]["method"] == method
     assert {"software_versions", "git_revision", "command_line", "created"} <= saved.keys()
     (line,) = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert METRIC_KEYS <= line.keys() and line["epoch"] == 1 and line["step"] == 1 and math.isfinite(line["loss"])
-    name, encoder = train.load_pretrained_encoder(run)
+    name, encoder = load_pretrained_encoder(run)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert name == "tinynet" and all(torch.equal(v, ckpt["encoder"][k]) for k, v in encoder.state_dict().items())
 
 
-def test_gradient_caching_gives_the_unchunked_gradients():
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_gradient_caching_gives_the_unchunked_gradients(norm):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(TinyNet(), ProjectionHead())
+    net = Projector(TinyNet(), ProjectionHead(norm=norm))
     patients = fake_patients(6, size=16)
     batch = {"images": torch.from_numpy(np.stack([p.slices[0] for p in patients]))[:, None],
              "labels": torch.tensor([p.weak_label for p in patients]), "positions": torch.rand(6)}
@@ -82,16 +91,17 @@ def test_gradient_caching_gives_the_unchunked_gradients():
 
 
 def test_bf16_step_runs_and_gives_a_finite_loss(tmp_path):
-    run = train.pretrain(_pretrain_cfg(tmp_path / "run", bf16=True, accumulate=2), fake_patients(8, size=16))
+    run = pretrain_mod.pretrain(_pretrain_cfg(tmp_path / "run", bf16=True, accumulate=2), fake_patients(8, size=16))
     assert math.isfinite(json.loads((run / "metrics.jsonl").read_text())["loss"])
 
 
 def test_same_seed_same_weights_and_resume_after_interrupt_is_exact(cohort, tmp_path, monkeypatch, capsys):
+    # 3 of the 8 patients held out for the monitors: resume must reproduce them too
     args = ["pretrain", "--manifest", str(cohort / "weak.csv"), "--epochs", "2", "--batch-size", "4",
-            "--lr", "1e-3", "--seed", "3", *SMALL]
+            "--slices-per-epoch", "8", "--lr", "1e-3", "--seed", "3", *SMALL]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     calls = {"n": 0}
-    step = train.contrastive_step
+    step = pretrain_mod.contrastive_step
 
     def crashing_step(*a, **kw):
         calls["n"] += 1
@@ -99,19 +109,21 @@ def test_same_seed_same_weights_and_resume_after_interrupt_is_exact(cohort, tmp_
             raise KeyboardInterrupt
         return step(*a, **kw)
 
-    monkeypatch.setattr(train, "contrastive_step", crashing_step)
+    monkeypatch.setattr(pretrain_mod, "contrastive_step", crashing_step)
     assert main([*args, "--out", str(tmp_path / "b")]) == 130
     assert "--resume" in capsys.readouterr().err
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "b" / "encoder.pt").exists()
-    monkeypatch.setattr(train, "contrastive_step", step)
+    monkeypatch.setattr(pretrain_mod, "contrastive_step", step)
     assert main(["pretrain", "--manifest", str(cohort / "weak.csv"), "--out", str(tmp_path / "b"), "--resume"]) == 0
 
     a, b = run_states(tmp_path / "a"), run_states(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k in ("epoch", "step", "loss", "lr")}  # noqa: E731
+    keep = ("epoch", "step", "loss", "lr", "loss_excess", "knn_bal_acc", "position_r2", "alignment", "uniformity")
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k in keep}  # noqa: E731
                          for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert strip(tmp_path / "a") == strip(tmp_path / "b") and len(strip(tmp_path / "a")) == 2
+    assert strip(tmp_path / "a") == strip(tmp_path / "b") and len(strip(tmp_path / "a")) == 3  # step 0 + 2 epochs
+    assert "knn_bal_acc" in strip(tmp_path / "a")[0] and (tmp_path / "b" / "curves.png").is_file()
     assert torch.equal(torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["encoder_state"]["features.0.weight"],
                        torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["encoder_state"]["features.0.weight"])
 
@@ -146,13 +158,13 @@ def test_finetune_from_scratch_starts_from_a_random_encoder(cohort, tmp_path):
 
 def test_fit_classifier_and_probabilities_on_hand_made_patients():
     patients = fake_patients(6, size=16, slices=(3, 5))
-    model = train.fit_classifier(TinyNet(), patients, TrainConfig(epochs=1, batch_size=8, device="cpu"), seed=1)
-    assert isinstance(model, train.SliceClassifier) and not model.training
-    probs = train.patient_probabilities(model, patients, "cpu", batch_size=4)
-    slices = train.slice_probabilities(model, patients[0].slices, "cpu", batch_size=2)
+    model = fit_classifier(TinyNet(), patients, TrainConfig(epochs=1, batch_size=8, device="cpu"), seed=1)
+    assert isinstance(model, SliceClassifier) and not model.training
+    probs = patient_probabilities(model, patients, "cpu", batch_size=4)
+    slices = slice_probabilities(model, patients[0].slices, "cpu", batch_size=2)
     assert probs.shape == (6,) and slices.shape == (len(patients[0].slices),)
     assert probs[0] == pytest.approx(slices.mean()) and ((probs > 0) & (probs < 1)).all()
-    features = train.pooled_features(model.encoder, patients, "cpu", batch_size=4)
+    features = pooled_features(model.encoder, patients, "cpu", batch_size=4)
     assert features.shape == (6, 512) and np.isfinite(features).all()
 
 
@@ -163,16 +175,17 @@ def _bad_cases(cohort: Path, tmp: Path, pretrained: Path) -> dict:
     weak, histo = cohort / "weak.csv", cohort / "histo.csv"
     (tmp / "full").mkdir()
     (tmp / "full" / "notes.txt").write_text("keep me")
-    pre = ["pretrain", "--manifest", str(weak), "--epochs", "1", *SMALL]
+    pre = ["pretrain", "--manifest", str(weak), "--epochs", "1", "--slices-per-epoch", "8", *SMALL]
     fine = ["finetune", "--manifest", str(histo), "--epochs", "1", *SMALL]
     return {
         "no weak labels": (["pretrain", "--manifest", str(rewrite_manifest(weak, cohort / "noweak.csv", weak_label=None)),
                             "--out", str(tmp / "r1"), *SMALL], "no row has a weak_label"),
         "one histology class": (["finetune", "--manifest", str(rewrite_manifest(histo, cohort / "neg.csv", histo_label=0)),
                                  "--out", str(tmp / "r2"), *SMALL], "0 positive"),
-        "batch above cohort": ([*pre, "--out", str(tmp / "r3"), "--batch-size", "64"], "exceeds the 8 patients"),
-        "accumulate above batch": ([*pre, "--out", str(tmp / "r4"), "--batch-size", "4", "--accumulate", "5"],
-                                   "--accumulate 5"),
+        "batch above cohort": ([*pre, "--out", str(tmp / "r3"), "--batch-size", "64", *NO_MONITOR], "exceeds the 8 patients"),
+        "batch above training patients": ([*pre, "--out", str(tmp / "r8"), "--batch-size", "8"], "--monitor-fraction"),
+        "accumulate above batch": ([*pre, "--out", str(tmp / "r4"), "--batch-size", "4", "--accumulate", "9"],
+                                   "--accumulate 9"),
         "existing output": ([*pre, "--out", str(tmp / "full"), "--batch-size", "4"], "--force"),
         "resume nothing": ([*pre, "--out", str(tmp / "r5"), "--resume"], "nothing to resume"),
         "init not a run": ([*fine, "--out", str(tmp / "r6"), "--init", str(tmp / "full")], "not a pretrain run folder"),
@@ -181,7 +194,8 @@ def _bad_cases(cohort: Path, tmp: Path, pretrained: Path) -> dict:
     }
 
 
-CASES = ["no weak labels", "one histology class", "batch above cohort", "accumulate above batch", "existing output",
+CASES = ["no weak labels", "one histology class", "batch above cohort", "batch above training patients",
+         "accumulate above batch", "existing output",
          "resume nothing", "init not a run", "init unfinished", "export no model"]
 
 
@@ -202,3 +216,44 @@ def test_cuda_device_without_cuda_is_a_config_error(cohort, tmp_path, capsys):
     assert main(["pretrain", "--manifest", str(cohort / "weak.csv"), "--out", str(tmp_path / "r"),
                  "--image-size", "32", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def test_paper_recipe_is_exactly_the_papers_settings():
+    cfg, changed = apply_recipe(PretrainConfig(manifest=Path("w.csv"), out=Path("o"), recipe="paper",
+                                               train=TrainConfig(lr=1e-3, epochs=3)))
+    t = cfg.train
+    assert (t.lr, t.weight_decay, t.epochs, t.batch_size) == (1e-5, 1e-5, 40, 64)
+    assert cfg.slices_per_epoch == 10000 and cfg.head_norm == "none"  # the paper's Linear-ReLU-Linear head
+    assert "--lr 0.001 -> 1e-05" in changed and "--epochs 3 -> 40" in changed
+    a = AUGMENTS["paper"]
+    assert a is PAPER_AUGMENT and a.scale == (0.7, 0.7) and a.translate == 0.2 and a.rotate_deg == 30.0
+    assert (a.flip_lr, a.flip_ud, a.p_crop, a.p_translate, a.p_rotate) == (0.5,) * 5
+    assert a.contrast == 0.0 and a.brightness == 0.0  # no intensity augmentation
+
+
+def test_default_recipe_keeps_the_flags_and_uses_the_default_augmentations():
+    given = PretrainConfig(manifest=Path("w.csv"), out=Path("o"), train=TrainConfig(lr=3e-4, epochs=3))
+    assert apply_recipe(given) == (given, [])
+    a = AUGMENTS["default"]
+    assert a.scale == (0.7, 1.0) and (a.p_crop, a.p_translate, a.p_rotate) == (1.0, 1.0, 1.0)
+    assert given.head_norm == "batch"
+
+
+def test_paper_augmentation_leaves_each_transform_out_about_half_the_time():
+    params = PAPER_AUGMENT.sample(4000, torch.Generator().manual_seed(0))
+    theta = params.theta.double()
+    rotated = (theta[:, 0, 1].abs() > 1e-6).double().mean()
+    shifted = (theta[:, :, 2].abs().sum(1) > 1e-9).double().mean()
+    scale = theta[:, :, :2].det().abs()  # crop area fraction: 0.7 when cropped, 1 otherwise
+    assert 0.46 < float(rotated) < 0.54 and 0.46 < float(shifted) < 0.54
+    assert set(np.round(scale.numpy(), 4)) == {0.7, 1.0} and torch.equal(params.gain, torch.ones(4000))
+
+
+def test_slices_per_epoch_sets_the_steps_per_epoch(tmp_path):
+    cfg = dataclasses.replace(_pretrain_cfg(tmp_path / "run", batch_size=4), slices_per_epoch=10)
+    run = pretrain_mod.pretrain(cfg, fake_patients(6, size=16))
+    (line,) = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert line["step"] == 3  # ceil(10 / 4), whatever the cohort size

@@ -1,8 +1,11 @@
 """Random views of CT slices as batched torch ops on the model's device (method.md, "Batches").
 
-One view = flips, a random resized crop, a translation and a rotation (composed into one affine
-map per slice, applied by a single ``affine_grid`` + ``grid_sample`` call for the whole batch),
-then a mild linear intensity jitter. The random parameters are drawn on the CPU from a
+One view = flips, a random resized crop, a translation and a rotation, each applied with its own
+probability (composed into one affine map per slice, applied by a single ``affine_grid`` +
+``grid_sample`` call for the whole batch), then an optional linear intensity jitter. Two
+distributions are named: ``PAPER_AUGMENT`` (the paper's code: every transform with p = 0.5, crop
+scale exactly 0.7, no intensity change) and ``DEFAULT_AUGMENT`` (this project's default; its
+departures are listed in docs/method.md). The random parameters are drawn on the CPU from a
 ``torch.Generator`` for the *global* batch and each rank applies its own rows, so a run gives the
 same views on any device and with any number of processes (the distributed test relies on it).
 """
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_N_DRAWS = 9  # uniform numbers per view: area, log-ratio, angle, tx, ty, flip x, flip y, gain, bias
+# uniform numbers per view: area, log-ratio, angle, tx, ty, flip x, flip y, gain, bias, crop?, shift?, rotate?
+_N_DRAWS = 12
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class Augment:
         flip_ud: probability of an up-down (anterior-posterior) flip.
         contrast: intensity gain drawn in [1 - contrast, 1 + contrast].
         brightness: intensity offset drawn in [-brightness, brightness].
+        p_crop: probability that the random resized crop is applied (else the whole image).
+        p_translate: probability that the translation is applied.
+        p_rotate: probability that the rotation is applied.
 
     Raises:
         ValueError: a parameter outside its range (the message names it).
@@ -64,13 +71,16 @@ class Augment:
     flip_ud: float = 0.5
     contrast: float = 0.1
     brightness: float = 0.05
+    p_crop: float = 1.0
+    p_translate: float = 1.0
+    p_rotate: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
-        for name in ("translate", "flip_lr", "flip_ud", "contrast"):
+        for name in ("translate", "flip_lr", "flip_ud", "contrast", "p_crop", "p_translate", "p_rotate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.rotate_deg <= 180:
@@ -90,16 +100,18 @@ class Augment:
         """
         u = torch.rand(n, _N_DRAWS, generator=generator, dtype=torch.float64)
         lerp = lambda lo, hi, col: lo + (hi - lo) * u[:, col]  # noqa: E731
-        area = lerp(self.scale[0], self.scale[1], 0)
-        ratio = torch.exp(lerp(math.log(self.ratio[0]), math.log(self.ratio[1]), 1))
+        crop, shift, turn = u[:, 9] < self.p_crop, u[:, 10] < self.p_translate, u[:, 11] < self.p_rotate
+        area = torch.where(crop, lerp(self.scale[0], self.scale[1], 0), 1.0)
+        ratio = torch.where(crop, torch.exp(lerp(math.log(self.ratio[0]), math.log(self.ratio[1]), 1)), 1.0)
         # Crop side as a fraction of the image side; a crop larger than the image is clipped.
         sx, sy = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
         sx = sx * torch.where(u[:, 5] < self.flip_lr, -1.0, 1.0)
         sy = sy * torch.where(u[:, 6] < self.flip_ud, -1.0, 1.0)
-        angle = lerp(-self.rotate_deg, self.rotate_deg, 2) * (math.pi / 180)
+        angle = torch.where(turn, lerp(-self.rotate_deg, self.rotate_deg, 2), 0.0) * (math.pi / 180)
         cos, sin = torch.cos(angle), torch.sin(angle)
         # Normalised coordinates span 2 per side: a shift of `translate` sides is 2 * translate.
-        tx, ty = lerp(-2 * self.translate, 2 * self.translate, 3), lerp(-2 * self.translate, 2 * self.translate, 4)
+        tx = torch.where(shift, lerp(-2 * self.translate, 2 * self.translate, 3), 0.0)
+        ty = torch.where(shift, lerp(-2 * self.translate, 2 * self.translate, 4), 0.0)
         theta = torch.stack([
             torch.stack([cos * sx, -sin * sy, tx], dim=1),
             torch.stack([sin * sx, cos * sy, ty], dim=1),
@@ -107,6 +119,15 @@ class Augment:
         gain = lerp(1 - self.contrast, 1 + self.contrast, 7)
         bias = lerp(-self.brightness, self.brightness, 8)
         return ViewParams(theta.float(), gain.float(), bias.float())
+
+
+# The paper's code (kornia; method.md "Batches, augmentations"): each transform with p = 0.5.
+PAPER_AUGMENT = Augment(scale=(0.7, 0.7), translate=0.2, rotate_deg=30.0, flip_lr=0.5, flip_ud=0.5,
+                        contrast=0.0, brightness=0.0, p_crop=0.5, p_translate=0.5, p_rotate=0.5)
+# This project's default (docs/method.md, "Departures"): crop area uniform on (0.7, 1), every
+# geometric transform always applied, a mild intensity jitter.
+DEFAULT_AUGMENT = Augment()
+AUGMENTS = {"paper": PAPER_AUGMENT, "default": DEFAULT_AUGMENT}
 
 
 def apply_views(images: torch.Tensor, params: ViewParams) -> torch.Tensor:

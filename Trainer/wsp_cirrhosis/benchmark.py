@@ -186,7 +186,7 @@ def _prepare_output(cfg: BenchmarkConfig, out: Path) -> list[dict[str, Any]]:
 def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path,
              protocols: list[str]) -> list[dict[str, Any]]:
     """Pretrain (unless "none") and evaluate one cell; one record per protocol."""
-    from .train import pretrain
+    from .pretrain import pretrain
 
     start = time.monotonic()
     source: str | Path = BASELINE
@@ -198,7 +198,7 @@ def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path
             source, reused = run_path, True
         else:
             resume = (run_path / "checkpoint.pt").is_file()
-            source = Path(pretrain(pretrain_config(cfg, cell, run_path, resume), weak))
+            source = Path(pretrain(pretrain_config(cfg, cell, run_path, resume, n_patients=len(weak)), weak))
         run_dir = os.path.relpath(source, out)
     pretrain_seconds = time.monotonic() - start
     train_cfg = finetune_config(cfg, cell.seed)
@@ -224,12 +224,18 @@ def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path
     return records
 
 
-def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bool = False) -> PretrainConfig:
-    """Pretraining settings of a cell; a folder left without a checkpoint is started afresh."""
+def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bool = False,
+                    n_patients: int | None = None) -> PretrainConfig:
+    """Pretraining settings of a cell; a folder left without a checkpoint is started afresh.
+
+    Until the benchmark sets its own schedule (issue 12): an epoch is one pass over the
+    ``n_patients`` weak patients, no monitor hold-out, the paper's head (the earlier behaviour).
+    """
     extra: dict[str, Any] = {"sigma": cell.sigma} if cell.sigma is not None else {}
     return PretrainConfig(
         manifest=cfg.weak, out=run_path, method=cell.method, encoder=cell.encoder,
-        cache_dir=cfg.cache_dir, preprocess=cfg.preprocess,
+        cache_dir=cfg.cache_dir, preprocess=cfg.preprocess, monitor_fraction=0.0, head_norm="none",
+        slices_per_epoch=max(1, n_patients or cfg.batch_size),
         train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cell.seed,
                           device=cfg.device, bf16=cfg.bf16, resume=resume, force=not resume),
         **extra,

@@ -65,7 +65,7 @@ class ModelBundle:
     def build_model(self) -> torch.nn.Module:
         """A fresh SliceClassifier with the bundle's weights, on the CPU, in eval mode."""
         from .models import build_encoder
-        from .train import SliceClassifier
+        from .models import SliceClassifier
 
         try:
             model = SliceClassifier(build_encoder(self.encoder_name), self.encoder_name)

@@ -21,13 +21,16 @@ from .errors import WSPError
 # command -> (config class, "module:function", one-line help)
 COMMANDS: dict[str, tuple[type, str, str]] = {
     "synth": (config.SynthConfig, "synth:run_synth", "write a synthetic phantom cohort (CTs, liver masks, manifests)"),
+    "manifest": (config.ManifestConfig, "manifest_cmd:run_manifest", "folders of CTs (+ masks, + label table) -> cohort manifest and report"),
+    "lihc": (config.LihcConfig, "lihc:run_lihc", "TCGA-LIHC: the authors' dataframe_lihc.csv + their NIfTI files -> histology manifest"),
+    "audit": (config.AuditConfig, "audit:run_audit", "shortcut audit: cross-validated AUC of simple cues (volume, scanner, texture, ...)"),
     "preprocess": (config.PreprocessCmdConfig, "cache:run_preprocess", "build the slice cache of a cohort (+ preview PNG)"),
-    "pretrain": (config.PretrainConfig, "train:run_pretrain", "contrastive pretraining on weak labels (and slice position)"),
-    "finetune": (config.FinetuneConfig, "train:run_finetune", "train the slice classifier on histology labels"),
+    "pretrain": (config.PretrainConfig, "pretrain:run_pretrain", "contrastive pretraining on weak labels (and slice position)"),
+    "finetune": (config.FinetuneConfig, "finetune:run_finetune", "train the slice classifier on histology labels"),
     "evaluate": (config.EvaluateConfig, "evaluate:run_evaluate", "stratified k-fold patient-level AUC (frozen, finetune)"),
     "benchmark": (config.BenchmarkConfig, "benchmark:run_benchmark", "method x encoder x seed grid -> results table and plot"),
     "export": (config.ExportConfig, "bundle:run_export", "package a fine-tuned run as a model bundle"),
-    "predict": (config.PredictConfig, "inference:run_predict", "per-slice cirrhosis scores and the patient prediction"),
+    "predict": (config.PredictConfig, "predict:run_predict", "per-slice cirrhosis scores and the patient prediction"),
 }
 
 
@@ -120,11 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = getattr(importlib.import_module(f"wsp_cirrhosis.{module_name}"), func_name)
         code = run(cfg)
     except WSPError as exc:
+        _emit_error(ns, str(exc), exc.exit_code)
         if ns.verbose:
             raise
         print(f"wsp-cirrhosis {ns.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        _emit_error(ns, "interrupted", 130)
         print(f"wsp-cirrhosis {ns.command}: interrupted; rerun with --resume where supported", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: its traceback goes to stderr; a JSON-lines reader still gets a last line
+        _emit_error(ns, f"{type(exc).__name__}: {exc}", 1)
+        raise
     return int(code or 0)
+
+
+def _emit_error(ns: argparse.Namespace, message: str, exit_code: int) -> None:
+    """The protocol's "error" event, when the command runs with `--progress jsonl`."""
+    if getattr(ns, "progress", None) == "jsonl":
+        from .progress import emit_event
+
+        emit_event("error", message=message, exit_code=exit_code)

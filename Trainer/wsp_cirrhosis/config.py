@@ -18,6 +18,10 @@ from .errors import ConfigError
 METHODS = ("wsp", "positional", "supcon", "simclr", "pcl")
 ENCODER_NAMES = ("tinynet", "resnet18")
 DEVICES = ("auto", "cpu", "cuda")
+RECIPE_NAMES = ("default", "paper")
+HEAD_NORMS = ("batch", "none")
+SYNTH_SIGNS = ("positional", "global", "none")
+PROGRESS_MODES = ("auto", "bar", "log", "jsonl", "none")  # --progress of predict (progress.progress_callback)
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -63,10 +67,15 @@ class SynthConfig:
     cirrhosis_fraction: float = opt(0.3, "fraction of histology patients with cirrhosis (stage 4)")
     size: int = opt(96, "in-plane matrix of the phantoms (voxels)")
     reader_noise: float = opt(0.85, "std of the weak reading around the true stage (0.85 misreads about 25%%; 0 = exact)")
+    signs: str = opt("positional", "how the stage shows: positional (only where signs sit along the liver), "
+                     "global (whole-liver signs: an easy negative control), none (no effect: a null control)",
+                     choices=SYNTH_SIGNS)
     seed: int = opt(0, "random seed")
     force: bool = opt(False, "replace an existing output folder")
 
     def __post_init__(self) -> None:
+        if self.signs not in SYNTH_SIGNS:
+            raise ConfigError(f"--signs {self.signs!r}: choose one of {', '.join(SYNTH_SIGNS)}")
         _check_range("patients", self.patients, 0)
         _check_range("histo_patients", self.histo_patients, 0)
         _check_range("cirrhosis_fraction", self.cirrhosis_fraction, 0.0, 1.0)
@@ -80,7 +89,44 @@ class PreprocessCmdConfig:
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     preview: Optional[Path] = opt(None, "write a PNG preview of a few patients' slices here")
     skip_bad: bool = opt(False, "skip bad manifest rows / unreadable patients (listed) instead of stopping")
+    workers: int = opt(0, "preprocessing processes (0 = one per CPU core, shared by the ranks of a machine under torchrun)")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        _check_range("workers", self.workers, 0, 1024)
+
+
+MANIFEST_PRESETS = ("none", "lihc")
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    images: Path = req("folder searched (nested) for CTs: NIfTI, NRRD, MetaImage files and DICOM series")
+    out: Path = req("manifest CSV to write (a report <out>.report.txt is written beside it)")
+    masks: Optional[Path] = opt(None, "folder of liver masks, paired with the CTs by name (see README)")
+    labels: Optional[Path] = opt(None, "CSV/TSV of labels joined on --id-column (with --preset lihc: dataframe_lihc.csv)")
+    id_column: str = opt("patient_id", "column of --labels holding the patient id")
+    weak_column: str = opt("", "column of --labels holding the weak (radiological) label, an integer class")
+    histo_column: str = opt("", "column of --labels holding the histology label, 0/1")
+    preset: str = opt("none", "lihc: read --labels as the authors' dataframe_lihc.csv (TCGA-LIHC)", choices=MANIFEST_PRESETS)
+    auto_mask: bool = opt(False, "segment livers without a mask with TotalSegmentator (must be installed)")
+    device: str = opt("auto", "device for --auto-mask", choices=DEVICES)
+    force: bool = opt(False, "replace an existing manifest")
+
+    def __post_init__(self) -> None:
+        if self.preset not in MANIFEST_PRESETS:
+            raise ConfigError(f"--preset {self.preset!r}: choose one of {', '.join(MANIFEST_PRESETS)}")
+
+
+@dataclass(frozen=True)
+class LihcConfig:
+    csv: Path = req("the authors' dataframe_lihc.csv (columns: index, subject, score, class, label)")
+    images: Path = req("folder holding the lihc__TCGA-XX-XXXX__<date>__VEN.nii.gz files (nested folders searched)")
+    out: Path = req("manifest CSV to write (a report <out>.report.txt is written beside it)")
+    masks: Optional[Path] = opt(None, "folder of liver masks, paired with the CTs by name (see README)")
+    auto_mask: bool = opt(False, "segment livers without a mask with TotalSegmentator (must be installed)")
+    device: str = opt("auto", "device for --auto-mask", choices=DEVICES)
+    force: bool = opt(False, "replace an existing manifest")
 
 
 @dataclass(frozen=True)
@@ -117,8 +163,20 @@ class PretrainConfig:
     sigma: float = opt(0.85, "width of the positional Gaussian kernel on d in [0, 1] (inf = no position)")
     tau: float = opt(0.1, "temperature")
     threshold: float = opt(0.1, "PCL position window")
+    recipe: str = opt("default", "paper = the paper's exact settings (overrides --lr, --weight-decay, --epochs, "
+                      "--batch-size, --slices-per-epoch, --head-norm, augmentations; docs/method.md); default = "
+                      "the flags as given with this project's augmentations", choices=RECIPE_NAMES)
+    head_norm: str = opt("batch", "normalisation in the projection head: batch (SimCLR's; lets label-weighted "
+                         "losses leave the collapsed start, docs/training.md) or none (the paper's)", choices=HEAD_NORMS)
+    slices_per_epoch: int = opt(2000, "slices per epoch (the paper: 10000); steps per epoch = this / --batch-size, "
+                                "rounded up")
+    position_groups: int = opt(0, "0 = each patient's slice drawn uniformly; G > 0 = every batch in G groups that "
+                               "share a slice position (close-position partners; docs/training.md)")
+    monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
+                                  "representation monitors; 0 = no monitors")
+    monitor_every: int = opt(1, "log the representation monitors every this many epochs (and at the end)")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
@@ -126,9 +184,39 @@ class PretrainConfig:
             raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.encoder not in ENCODER_NAMES:
             raise ConfigError(f"--encoder {self.encoder!r}: choose one of {', '.join(ENCODER_NAMES)}")
+        if self.recipe not in RECIPE_NAMES:
+            raise ConfigError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPE_NAMES)}")
+        if self.head_norm not in HEAD_NORMS:
+            raise ConfigError(f"--head-norm {self.head_norm!r}: choose one of {', '.join(HEAD_NORMS)}")
         _check_range("sigma", self.sigma, 0.0, strict_lo=True)
         _check_range("tau", self.tau, 0.0, strict_lo=True)
         _check_range("threshold", self.threshold, 0.0, 1.0, strict_lo=True)
+        _check_range("slices_per_epoch", self.slices_per_epoch, 1)
+        _check_range("monitor_fraction", self.monitor_fraction, 0.0, 0.5)
+        _check_range("monitor_every", self.monitor_every, 1)
+        _check_range("position_groups", self.position_groups, 0, 64)
+
+
+# --recipe paper: the paper's settings (method.md, "Batches, augmentations, models"); the
+# augmentations of each recipe are augment.AUGMENTS[recipe].
+PAPER_RECIPE: dict[str, Any] = {"lr": 1e-5, "weight_decay": 1e-5, "epochs": 40, "batch_size": 64,
+                                "slices_per_epoch": 10000, "head_norm": "none"}
+
+
+def apply_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
+    """``cfg`` with its recipe's settings; also the flags the recipe overrode (``--lr 0.001 -> 1e-05``).
+
+    The default recipe keeps the flags as given.
+    """
+    if cfg.recipe != "paper":
+        return cfg, []
+    train_keys = ("lr", "weight_decay", "epochs", "batch_size")
+    current = {**{k: getattr(cfg.train, k) for k in train_keys},
+               **{k: getattr(cfg, k) for k in PAPER_RECIPE if k not in train_keys}}
+    changed = [f"--{k.replace('_', '-')} {current[k]} -> {v}" for k, v in PAPER_RECIPE.items() if current[k] != v]
+    train = dataclasses.replace(cfg.train, **{k: PAPER_RECIPE[k] for k in train_keys})
+    rest = {k: v for k, v in PAPER_RECIPE.items() if k not in train_keys}
+    return dataclasses.replace(cfg, train=train, **rest), changed
 
 
 @dataclass(frozen=True)
@@ -162,9 +250,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check_range("folds", self.folds, 2)
-        bad = set(self.protocols.split(",")) - {"frozen", "finetune"}
+        bad = set(self.protocols.split(",")) - {"frozen", "frozen_bands", "finetune"}
         if bad:
-            raise ConfigError(f"--protocols: unknown {sorted(bad)}; choose from frozen, finetune")
+            raise ConfigError(f"--protocols: unknown {sorted(bad)}; choose from frozen, frozen_bands, finetune")
 
 
 @dataclass(frozen=True)
@@ -175,11 +263,16 @@ class BenchmarkConfig:
     methods: str = opt("none,simclr,supcon,positional,pcl,wsp", "comma-separated methods; none = random init")
     encoders: str = opt("tinynet", "comma-separated encoders")
     seeds: str = opt("0,1,2", "comma-separated seeds")
-    sigmas: str = opt("", "optional WSP sigma ablation, e.g. 0.1,0.25,0.5,0.85,inf")
+    sigmas: str = opt("", "sigma grid of wsp and positional, e.g. 0.05,0.1,0.2,0.4,0.85 (empty: their default sigma)")
     epochs: int = opt(10, "pretraining epochs")
     finetune_epochs: int = opt(5, "fine-tuning epochs per fold")
     folds: int = opt(5, "stratified folds over patients")
-    protocols: str = opt("frozen,finetune", "comma-separated evaluation protocols")
+    cv_repeats: int = opt(1, "repeats of the stratified k-fold split, each with its own fold seed")
+    protocols: str = opt("frozen,frozen_bands,finetune",
+                         "comma-separated evaluation protocols: frozen, frozen_bands (position-band probe), finetune")
+    bands: int = opt(5, "position bands of d for the frozen_bands probe")
+    label_sizes: str = opt("", "label-efficiency curve: also fit the frozen probes on this many training patients, "
+                           "e.g. 10,20,40 (all is always there)")
     finetune_slices: int = opt(0, "fine-tuning slices drawn per patient and epoch (0 = all slices)")
     batch_size: int = opt(64, "pretraining batch size")
     lr: float = opt(1e-4, "pretraining learning rate")
@@ -189,6 +282,29 @@ class BenchmarkConfig:
     resume: bool = opt(False, "skip grid cells already in --out/results.json")
     force: bool = opt(False, "replace an existing output folder")
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(image_size=64))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    manifest: Path = req("cohort CSV to audit (real or synthetic)")
+    out: Path = req("output folder (audit.json, audit.md, patients.csv, cues.png)")
+    label: str = opt("histo", "label the cues are scored against: histo (1 = cirrhosis) or weak (reading 2 = cirrhosis vs rest)",
+                     choices=("histo", "weak"))
+    folds: int = opt(5, "stratified folds of the cross-validated AUCs (fewer when a class is smaller)")
+    boot: int = opt(2000, "bootstrap resamples of each 95%% CI")
+    probe_arch: str = opt("tinynet", "random-init encoder of the frozen probe", choices=ENCODER_NAMES)
+    no_probe: bool = opt(False, "skip the random-init encoder probe")
+    seed: int = opt(0, "random seed (folds, bootstrap, probe weights)")
+    warn_auc: float = opt(0.75, "warn when one cue alone reaches this cross-validated AUC")
+    cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    skip_bad: bool = opt(False, "skip bad manifest rows / unreadable patients (listed) instead of stopping")
+    force: bool = opt(False, "replace an existing output folder")
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(image_size=64))
+
+    def __post_init__(self) -> None:
+        _check_range("folds", self.folds, 2)
+        _check_range("boot", self.boot, 100)
+        _check_range("warn_auc", self.warn_auc, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -211,6 +327,9 @@ class PredictConfig:
     batch_size: int = opt(32, "slices per forward pass")
     bf16: bool = opt(False, "bfloat16 autocast on CPU too (GPU always uses half precision); faster on recent CPUs")
     force: bool = opt(False, "replace an existing output folder")
+    progress: str = opt("auto", "how progress is shown: a bar (auto on a terminal), log lines (auto otherwise), "
+                        "jsonl = one JSON object per line on stdout for other programs (README), or none",
+                        choices=PROGRESS_MODES)
 
     def __post_init__(self) -> None:
         _check_range("batch_size", self.batch_size, 1)

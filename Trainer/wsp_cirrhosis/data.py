@@ -55,8 +55,9 @@ class PatientSampler:
 
     Each batch draws ``batch_size`` distinct patients without replacement, patient p with
     probability proportional to 1 / (number of patients of p's class), then one slice uniformly
-    within each. One epoch is ``ceil(n_patients / batch_size)`` independent batches, as in the
-    paper's patient-level data loader: an epoch sees each patient about once, one slice each.
+    within each. An epoch is ``steps_per_epoch`` independent batches: pretraining passes
+    ceil(slices per epoch / batch size), the paper's fixed 10,000-slice epoch (method.md); the
+    default ``ceil(n_patients / batch_size)`` sees each patient about once.
 
     Args:
         labels: (P,) weak label per patient; -1 (or all equal) for no balancing.
@@ -65,13 +66,19 @@ class PatientSampler:
         seed: sampling seed.
         rank: this process's rank.
         world_size: number of processes; must divide ``batch_size``.
+        steps_per_epoch: batches per epoch (None: ``ceil(n_patients / batch_size)``).
+        position_groups: 0 draws each patient's slice uniformly. G > 0 splits every batch into G
+            groups of rows; group g draws one position u_g uniformly in [g / G, (g + 1) / G) and
+            each of its patients takes the slice at relative index u_g (so same-label partners
+            at close positions occur in every batch: the WSP kernel's positives).
 
     Raises:
         ConfigError: ``batch_size`` larger than the cohort or not divisible by ``world_size``.
     """
 
     def __init__(self, labels: Sequence[int], n_slices: Sequence[int], batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, steps_per_epoch: int | None = None,
+                 position_groups: int = 0) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.n_slices = np.asarray(n_slices, dtype=np.int64)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
@@ -85,7 +92,8 @@ class PatientSampler:
         _, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
         weights = 1.0 / counts[inverse]
         self.probabilities = weights / weights.sum()
-        self.steps_per_epoch = math.ceil(n / batch_size)
+        self.steps_per_epoch = int(steps_per_epoch) if steps_per_epoch else math.ceil(n / batch_size)
+        self.position_groups = int(position_groups)
 
     def epoch(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """This rank's (patient indices (b,), slice indices (b,)) for every batch of ``epoch``."""
@@ -93,13 +101,20 @@ class PatientSampler:
         out = []
         for _ in range(self.steps_per_epoch):
             patients = rng.choice(len(self.labels), size=self.batch_size, replace=False, p=self.probabilities)
-            slices = rng.integers(0, self.n_slices[patients])
+            if self.position_groups:
+                g = self.position_groups
+                group = np.arange(self.batch_size) * g // self.batch_size
+                u = (np.arange(g) + rng.random(g)) / g
+                slices = np.rint(u[group] * (self.n_slices[patients] - 1)).astype(np.int64)
+            else:
+                slices = rng.integers(0, self.n_slices[patients])
             out.append((patients[self.rows], slices[self.rows]))
         return out
 
     def state_dict(self) -> dict[str, int]:
         """Everything that determines the batches (they are a function of (seed, epoch))."""
-        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size}
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                "steps_per_epoch": self.steps_per_epoch, "position_groups": self.position_groups}
 
 
 class SliceSampler:

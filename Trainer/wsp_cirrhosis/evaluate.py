@@ -6,7 +6,7 @@ two folds, so its slices never leak between training and test. Per fold and prot
 
 - frozen: the encoder's 512-d representation averaged over the patient's slices, then a
   ``StandardScaler`` + ``LogisticRegression(class_weight="balanced")`` pipeline;
-- finetune: ``train.fit_classifier`` from the (pretrained or random) encoder on the training
+- finetune: ``finetune.fit_classifier`` from the (pretrained or random) encoder on the training
   patients; patient probability = mean of its slice probabilities.
 
 Metrics per fold: patient-level AUC, and balanced accuracy at the Youden threshold chosen on
@@ -24,10 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .probes import frozen_fold_scores, youden_threshold  # noqa: F401  (re-exported for crossval, tests)
 
 log = logging.getLogger("wsp_cirrhosis")
 
-PROTOCOLS = ("frozen", "finetune")
+PROTOCOLS = ("frozen", "frozen_bands", "finetune")  # frozen_bands: protocols.py, position-band probe
 
 
 def parse_protocols(text: str | Sequence[str]) -> list[str]:
@@ -75,32 +76,6 @@ def split_folds(histo_labels: Sequence[int], folds: int, seed: int) -> list[tupl
     return [(train, test) for train, test in skf.split(np.zeros(labels.size), labels)]
 
 
-def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Score threshold maximising Youden's J = sensitivity + specificity - 1 (predict 1 if score >= t).
-
-    The best cut lies between two adjacent distinct scores; the threshold is their midpoint, not
-    the lower score itself: on a training set the classifier separates (often at 0.99 vs 0.01),
-    and a threshold at the edge of the gap would make the held-out patients look negative.
-    Training-set predictions are the same either way.
-
-    Args:
-        labels: (n,) int in {0, 1}, both classes present.
-        scores: (n,) float, higher = more likely positive.
-
-    Returns:
-        The threshold: finite (never the "nobody positive" point at +inf); ties between cuts go
-        to the highest threshold; when the best cut keeps everybody positive, the lowest score.
-    """
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(scores, dtype=float), drop_intermediate=False)
-    j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)
-    best = int(np.argmax(j))
-    if best + 1 < len(thresholds):  # thresholds decrease: the next one is the next lower distinct score
-        return float((thresholds[best] + thresholds[best + 1]) / 2.0)
-    return float(thresholds[best])
-
-
 def fold_metrics(train_labels: Sequence[int], train_scores: Sequence[float],
                  test_labels: Sequence[int], test_scores: Sequence[float]) -> dict[str, float]:
     """AUC on the test fold, and balanced accuracy at the training folds' Youden threshold.
@@ -125,32 +100,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def frozen_fold_scores(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fit scaler + balanced logistic regression on the training patients' pooled features.
-
-    Args:
-        features: (P, F) float, one pooled representation per patient.
-        labels: (P,) int histology labels.
-        train, test: patient indices.
-
-    Returns:
-        (training-patient probabilities, test-patient probabilities).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000, random_state=seed))
-    clf.fit(features[train], labels[train])
-    return clf.predict_proba(features[train])[:, 1], clf.predict_proba(features[test])[:, 1]
-
-
 def _load_encoder(encoder_source: str | Path, arch: str, seed: int) -> tuple[str, Any]:
     """The encoder to evaluate; for "none" the random init is a function of `seed` alone."""
     import torch
 
-    from .train import load_pretrained_encoder
+    from .features import load_pretrained_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -214,10 +168,10 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
         start = time.monotonic()
         oof = np.full(len(patients), np.nan)
         per_fold: list[dict[str, float]] = []
-        if name == "frozen":
-            from .train import pooled_features
+        if name.startswith("frozen"):
+            from .protocols import patient_features, slice_features
 
-            features = np.asarray(pooled_features(encoder, patients, device, train_cfg.batch_size), dtype=np.float64)
+            features = patient_features(name, slice_features(encoder, patients, device, train_cfg.batch_size), patients)
             fold_scores = (frozen_fold_scores(features, labels, tr, te, seed) for tr, te in splits)
         else:
             fold_scores = (_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device, k,
@@ -245,7 +199,8 @@ def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Seque
                           test: np.ndarray, train_cfg: Any, seed: int, device: Any,
                           fold: int, slices_per_patient: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune a fresh copy of the encoder on the training patients; patient probabilities for both sets."""
-    from .train import fit_classifier, patient_probabilities
+    from .features import patient_probabilities
+    from .finetune import fit_classifier
 
     _, encoder = _load_encoder(encoder_source, arch, seed)  # every fold starts from the same weights
     train_patients = [patients[i] for i in train]

@@ -1,7 +1,7 @@
 """Patient inference: CT + liver mask + model bundle -> slice scores and the patient probability.
 
-`predict_patient` is the one entry point of the CLI (`wsp-cirrhosis predict`, single and batch
-mode) and the Slicer module. Preprocessing is `slices.prepare_ct`, never a copy; the patient
+`predict_patient` (or `load_model(...).predict`) is the one entry point of the CLI
+(`wsp-cirrhosis predict`, in predict.py) and the Slicer module. Preprocessing is `slices.prepare_ct`, never a copy; the patient
 probability is the mean of the slice probabilities over the liver slices (method.md).
 """
 
@@ -12,8 +12,6 @@ import dataclasses
 import importlib.util
 import logging
 import os
-import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,13 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Cancelled, ConfigError, InputError, WSPError
+from .errors import Cancelled, ConfigError, InputError
 
 if TYPE_CHECKING:
     import torch
 
     from .bundle import ModelBundle
-    from .config import PredictConfig
 
 log = logging.getLogger("wsp_cirrhosis")
 
@@ -190,7 +187,7 @@ class LoadedModel:
             cfg = dataclasses.replace(cfg, liver_label=liver_label)
 
         if mask is None:
-            _check_mask_source(auto_mask)  # fail before reading a large CT
+            check_mask_source(auto_mask)  # fail before reading a large CT
         _check_cancel(cancel)
         report(0.0, "reading the CT and the liver mask")
         with _timed(timings, "read_s"):
@@ -342,7 +339,7 @@ def totalsegmentator_available() -> bool:
     return importlib.util.find_spec("totalsegmentator") is not None
 
 
-def _check_mask_source(auto_mask: bool) -> None:
+def check_mask_source(auto_mask: bool) -> None:
     """Raise the guidance for a missing mask unless TotalSegmentator is requested and installed."""
     if not auto_mask:
         hint = "; or pass --auto-mask to segment it with TotalSegmentator" if totalsegmentator_available() else ""
@@ -374,114 +371,3 @@ def segment_liver(image: sitk.Image, device: "torch.device") -> sitk.Image:  # p
         except Exception as exc:  # a third-party failure becomes one clear line
             raise InputError(f"--auto-mask: TotalSegmentator failed ({exc}); {MASK_GUIDANCE}") from None
         return read_mask(out / "liver.nii.gz")  # 0/1 on the CT grid; prepare_ct aligns it anyway
-
-
-# --- command line -------------------------------------------------------------------------
-
-
-def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> int:
-    """`wsp-cirrhosis predict`: one CT -> OUT/{slices.csv, prediction.json, curve.png};
-    a cohort CSV -> OUT/<patient_id>/... + OUT/summary.csv.
-
-    The output folder is built in a hidden sibling and moved into place at the end, so a
-    failure or cancellation leaves nothing behind.
-
-    Returns:
-        0 on success; 1 when some patients of a batch failed (listed in summary.csv).
-    """
-    if cfg.ct.suffix.lower() == ".csv":
-        return _run_batch(cfg, progress, cancel)
-    from .files import check_output_dir, staged_output_dir
-    from .report import write_patient_outputs
-
-    check_output_dir(cfg.out, cfg.force)
-    if cfg.liver_mask is None:
-        _check_mask_source(cfg.auto_mask)
-    loaded = load_model(cfg.model, cfg.device, cfg.bf16)
-    with staged_output_dir(cfg.out, cfg.force) as stage:
-        prediction = loaded.predict(cfg.ct, cfg.liver_mask, batch_size=cfg.batch_size, liver_label=cfg.liver_label,
-                                    auto_mask=cfg.auto_mask, progress=progress or _log_progress(), cancel=cancel)
-        _check_cancel(cancel)
-        write_patient_outputs(stage, prediction, image_path=cfg.ct, mask_path=cfg.liver_mask)
-    print(f"{_result_line(prediction)}; wrote {cfg.out}")
-    return 0
-
-
-def _run_batch(cfg: "PredictConfig", progress: ProgressFn | None, cancel: CancelFn | None) -> int:
-    from .files import check_output_dir, staged_output_dir
-    from .manifest import read_manifest
-    from .report import write_patient_outputs, write_summary_csv
-
-    if cfg.liver_mask is not None:
-        raise ConfigError("--liver-mask: not used with a cohort CSV; its liver_mask column gives each patient's mask")
-    check_output_dir(cfg.out, cfg.force)
-    records = read_manifest(cfg.ct)
-    loaded = load_model(cfg.model, cfg.device, cfg.bf16)
-    rows: list[dict[str, Any]] = []
-    failed: list[tuple[str, str]] = []
-    names: set[str] = set()
-    with staged_output_dir(cfg.out, cfg.force) as stage:
-        for i, rec in enumerate(records):
-            _check_cancel(cancel)
-            folder = _folder_name(rec.patient_id, names)
-            log.info("patient %d/%d: %s", i + 1, len(records), rec.patient_id)
-
-            def sub_progress(fraction: float, message: str, i: int = i) -> None:
-                if progress is not None:
-                    progress((i + fraction) / len(records), f"{rec.patient_id}: {message}")
-
-            try:
-                prediction = loaded.predict(rec.image, rec.liver_mask, batch_size=cfg.batch_size,
-                                            liver_label=cfg.liver_label, auto_mask=cfg.auto_mask,
-                                            progress=sub_progress, cancel=cancel)
-                write_patient_outputs(stage / folder, prediction, image_path=rec.image, mask_path=rec.liver_mask)
-            except Cancelled:
-                raise
-            except Exception as exc:  # one bad patient must not stop the cohort; bugs keep their traceback in -v
-                message = str(exc) if isinstance(exc, WSPError) else f"{type(exc).__name__}: {exc}"
-                log.debug("patient %s failed", rec.patient_id, exc_info=not isinstance(exc, WSPError))
-                log.warning("patient %s failed: %s", rec.patient_id, message)
-                failed.append((rec.patient_id, message))
-                rows.append({"patient_id": rec.patient_id, "error": message})
-                continue
-            rows.append({"patient_id": rec.patient_id, "probability": prediction.probability,
-                         "label": prediction.label, "threshold": prediction.threshold,
-                         "n_slices": prediction.n_slices, "error": ""})
-            print(f"{rec.patient_id}: {_result_line(prediction)}")
-        write_summary_csv(rows, stage / "summary.csv")
-    if failed:
-        listed = "\n  ".join(f"{pid}: {msg}" for pid, msg in failed)
-        print(f"wsp-cirrhosis predict: {len(failed)} of {len(records)} patient(s) failed "
-              f"(see {cfg.out / 'summary.csv'}):\n  {listed}", file=sys.stderr)
-        return 1
-    print(f"{len(records)} patient(s) predicted; wrote {cfg.out}")
-    return 0
-
-
-def _folder_name(patient_id: str, taken: set[str]) -> str:
-    """A safe, unique folder name for a patient id (path separators and odd characters -> _)."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).strip(".") or "patient"
-    name, n = base, 1
-    while name.lower() in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name.lower())
-    return name
-
-
-def _result_line(p: PatientPrediction) -> str:
-    return (f"P({p.class_names[-1]}) = {p.probability:.3f} -> {p.label_name} "
-            f"(threshold {p.threshold:.3f}, {p.n_slices} slices, model {p.model_name})")
-
-
-def _log_progress(every_s: float = 5.0) -> ProgressFn:
-    """A progress callback for the terminal: stage messages, and batch lines at most every `every_s`."""
-    last = [0.0]
-
-    def report(fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if not message.startswith("model:") or now - last[0] >= every_s or fraction >= _MODEL_SHARE[1]:
-            log.info("predict %3.0f%% %s", 100 * fraction, message)
-            last[0] = now
-
-    return report

@@ -7,12 +7,15 @@ Paths are relative to the CSV's folder; `weak_label` is a non-negative integer c
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .files import write_text_atomic
 
 log = logging.getLogger("wsp_cirrhosis")
 
@@ -129,3 +132,29 @@ def read_manifest(path: str | Path, require: str | None = None, skip_bad: bool =
     if not records:
         raise InputError(f"{path}: no usable patient rows")
     return records
+
+
+def write_manifest(rows: list[dict], path: str | Path, force: bool = False) -> Path:
+    """Write a manifest with `COLUMNS` atomically; image and mask paths become relative to its folder.
+
+    Args:
+        rows: dicts with patient_id, image, liver_mask (paths), weak_label, histo_label (int or None).
+        path: the CSV to write.
+        force: replace an existing file.
+
+    Raises:
+        InputError: `path` exists and not `force`.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise InputError(f"{path}: manifest already exists; pass --force to replace it")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    base = path.resolve().parent
+    for row in rows:
+        rel = [Path(os.path.relpath(Path(row[c]).resolve(), base)).as_posix() for c in ("image", "liver_mask")]
+        labels = ["" if row.get(c) is None else int(row[c]) for c in ("weak_label", "histo_label")]
+        writer.writerow([row["patient_id"], *rel, *labels])
+    write_text_atomic(path, buf.getvalue())
+    return path

@@ -95,12 +95,24 @@ class ResNet18(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Contrastive projection head (Linear, ReLU, Linear), dropped after pretraining."""
+    """Contrastive projection head (Linear, [BatchNorm,] ReLU, Linear), dropped after pretraining.
 
-    def __init__(self, in_dim: int = 512, hidden: int = 256, out: int = 128) -> None:
+    ``norm="batch"`` puts a BatchNorm1d after the first Linear, as SimCLR's head does: it keeps
+    the projections of a batch spread out, which lets the label-weighted losses leave the
+    collapsed start (docs/training.md). It couples the rows of a batch, so training computes the
+    head in one pass over the whole (global) batch (``train.contrastive_step``). ``norm="none"``
+    is the paper's head.
+    """
+
+    def __init__(self, in_dim: int = 512, hidden: int = 256, out: int = 128, norm: str = "none") -> None:
         super().__init__()
+        if norm not in HEAD_NORMS:
+            raise ConfigError(f"unknown projection head norm {norm!r}; choose one of: {', '.join(HEAD_NORMS)}")
+        middle: list[nn.Module] = [nn.BatchNorm1d(hidden)] if norm == "batch" else []
+        # No bias before a BatchNorm: it would be removed by the batch mean (a zero gradient whose
+        # rounding noise Adam would turn into full-size steps).
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out)
+            nn.Linear(in_dim, hidden, bias=norm != "batch"), *middle, nn.ReLU(inplace=True), nn.Linear(hidden, out)
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -121,6 +133,48 @@ class ClassifierHead(nn.Module):
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"tinynet": TinyNet, "resnet18": ResNet18}
+HEAD_NORMS = ("batch", "none")
+CLASS_NAMES = ["no cirrhosis", "cirrhosis"]
+
+
+def encoder_name_of(encoder: nn.Module) -> str:
+    """The ``ENCODERS`` key of an encoder instance (ConfigError for an unregistered class)."""
+    for name, cls in ENCODERS.items():
+        if type(encoder) is cls:
+            return name
+    raise ConfigError(f"encoder class {type(encoder).__name__} is not in ENCODERS ({', '.join(ENCODERS)})")
+
+
+class SliceClassifier(nn.Module):
+    """Encoder + ClassifierHead: (B, 1, H, W) slices -> (B,) logits of P(cirrhosis).
+
+    Attributes:
+        encoder_name: key of the encoder in ``ENCODERS``.
+        threshold: decision threshold on the patient probability (Youden on the training
+            patients after ``finetune.run_finetune``; 0.5 otherwise). Not part of the state dict.
+    """
+
+    def __init__(self, encoder: nn.Module, encoder_name: str | None = None, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head if head is not None else ClassifierHead(encoder.feature_dim)
+        self.encoder_name = encoder_name or encoder_name_of(encoder)
+        self.threshold = 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: (B, 1, H, W) float slices in [0, 1]. Returns: (B,) logits."""
+        return self.head(self.encoder(x))
+
+
+class Projector(nn.Module):
+    """Encoder + ProjectionHead for pretraining: (B, 1, H, W) -> (B, 128) projections z."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
 
 
 def build_encoder(name: str) -> nn.Module:

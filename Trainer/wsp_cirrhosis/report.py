@@ -1,4 +1,5 @@
-"""Prediction outputs: slices.csv, prediction.json, curve.png (and a cohort's summary.csv).
+"""Prediction outputs: slices.csv, prediction.json, curve.png (and a cohort's summary.csv), and
+`read_prediction`, which rebuilds a prediction from its prediction.json.
 
 Every writer takes a `PatientPrediction` and a path; nothing here runs a model. The plot uses
 matplotlib's object API with the Agg canvas, so it never touches a GUI backend (Slicer, servers).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -58,10 +60,35 @@ def prediction_record(
             "liver_mask_sha256": mask_sha256,
         },
         "device": p.device,
+        # Full precision (JSON floats round-trip exactly): read_prediction rebuilds the prediction.
+        "slices": [{"slice_index": s.slice_index, "z_mm": s.z_mm, "position": s.position, "score": s.score,
+                    "center_lps": list(s.center_lps)} for s in sorted(p.slices, key=lambda s: s.z_mm)],
         "timings_s": {k: round(v, 4) for k, v in p.timings.items()},
         "software": software_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def read_prediction(path: str | os.PathLike) -> "PatientPrediction":
+    """The PatientPrediction stored in a prediction.json (what another process computed).
+
+    Raises:
+        InputError: unreadable file, or a prediction.json without the per-slice results.
+    """
+    from .errors import InputError
+    from .inference import PatientPrediction, SliceScore
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        slices = [SliceScore(int(s["slice_index"]), float(s["z_mm"]), float(s["position"]), float(s["score"]),
+                             tuple(float(c) for c in s["center_lps"])) for s in record["slices"]]
+        return PatientPrediction(
+            probability=float(record["probability"]), label=int(record["label"]), label_name=str(record["label_name"]),
+            threshold=float(record["threshold"]), model_name=str(record["model"]["name"]),
+            model_sha256=str(record["model"]["sha256"]), device=str(record["device"]), slices=slices,
+            class_names=tuple(record["class_names"]), timings=dict(record.get("timings_s", {})))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable prediction.json with per-slice results ({exc})") from None
 
 
 def write_prediction_json(prediction: "PatientPrediction", path: str | os.PathLike, **inputs: Any) -> None:

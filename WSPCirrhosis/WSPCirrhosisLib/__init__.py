@@ -1,7 +1,9 @@
 """Helpers of the WSPCirrhosis Slicer module.
 
-nodes.py and outputs.py (MRML <-> SimpleITK images and result nodes) and analysis.py (one
-prediction) import no Qt and take the scene as an argument; runner.py, dependencies.py and
-display.py hold the code that needs the Slicer application. Nothing is imported here, so the
-module file can import each helper only when it is needed.
+Qt-free, taking the scene as an argument (tested on a slicer-core scene): nodes.py and
+outputs.py (MRML <-> SimpleITK images and result nodes), analysis.py (one prediction in this
+process), process.py and job.py (the same prediction as a child process: command, JSON-lines
+protocol, states, result read back), panel.py (the panel's decisions). Needing the Slicer
+application: runner.py (launch, Apply <-> Cancel), dependencies.py and display.py. Nothing is
+imported here, so the module file can import each helper only when it is needed.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 import slicer
@@ -24,11 +25,8 @@ PROTECTED_PACKAGES = ("SimpleITK", "numpy", "requests", "torch", "torchvision")
 
 
 class DependencyError(RuntimeError):
-    """A required package is missing and was not installed (declined, failed, or testing mode)."""
-
-    def __init__(self, message: str, restartRequired: bool = False) -> None:
-        super().__init__(message)
-        self.restartRequired = restartRequired
+    """A required package is missing and was not installed (declined, failed, or testing mode);
+    the message says what the user can do."""
 
 
 def ensureTorch(askConfirmation: bool = True) -> None:
@@ -78,7 +76,7 @@ def ensureRequirements(requirementsPath: str | Path, askConfirmation: bool = Tru
     missing = [str(req) for req in installable if not _isSatisfied(req)]
     if not missing:
         return
-    packaging = getattr(slicer, "packaging", None)
+    packaging = slicerPackaging()
     if packaging is not None and hasattr(packaging, "pip_ensure"):
         try:
             packaging.pip_ensure(missing, skip_packages=list(PROTECTED_PACKAGES), prompt_install=askConfirmation,
@@ -98,6 +96,19 @@ def ensureRequirements(requirementsPath: str | Path, askConfirmation: bool = Tru
         raise DependencyError(f"installing {', '.join(missing)} failed ({exc}); restart Slicer and retry") from None
 
 
+def slicerPackaging():
+    """`slicer.packaging` (Slicer >= 5.12), or None on older Slicer.
+
+    A submodule is an attribute of `slicer` only once something has imported it, so it is
+    imported here rather than looked up with getattr.
+    """
+    try:
+        import slicer.packaging
+    except ImportError:
+        return None
+    return sys.modules.get("slicer.packaging")
+
+
 def ensureAll(requirementsPath: str | Path, askConfirmation: bool = True) -> None:
     """PyTorch first (other packages may depend on it), then the requirements file."""
     ensureTorch(askConfirmation)
@@ -109,10 +120,11 @@ def _checkTorchVersion() -> None:
 
     version = _installedVersion("torch")
     if version is not None and version.split("+")[0] not in SpecifierSet(TORCH_REQUIREMENT):
+        # No restart offer here: restarting first changes nothing, the old torch must go first.
         raise DependencyError(
-            f"PyTorch {version} is installed but WSPCirrhosis needs torch{TORCH_REQUIREMENT}: open the "
-            f"'PyTorch Utils' module, uninstall, restart Slicer, and install with requirement '{TORCH_REQUIREMENT}'",
-            restartRequired=True,
+            f"PyTorch {version} is installed but WSPCirrhosis needs torch{TORCH_REQUIREMENT}. To update it: "
+            f"1. open the 'PyTorch Utils' module and click Uninstall; 2. restart Slicer; 3. in 'PyTorch Utils' "
+            f"install with version requirement '{TORCH_REQUIREMENT}'; 4. press Apply again"
         )
 
 

@@ -13,6 +13,21 @@ import slicer
 from . import outputs
 
 
+def registerSampleData(title: str) -> None:
+    """List Slicer's built-in CTLiver sample (a liver CT) under a WSPCirrhosis category."""
+    import SampleData
+
+    source = SampleData.SampleDataLogic().sourceForSampleName("CTLiver")
+    if source is None:
+        return
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory("WSPCirrhosis", title=title)
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="WSPCirrhosis", sampleName="CTLiver", uris=source.uris, fileNames=source.fileNames,
+        nodeNames=source.nodeNames, checksums=source.checksums, thumbnailFileName=source.thumbnailFileName,
+        loadFileTypes=source.loadFileTypes)
+
+
 def showResult(volumeNode, chartNode) -> None:
     """CT in the slice views and the z-curve chart in a layout with a plot view."""
     if volumeNode is not None:

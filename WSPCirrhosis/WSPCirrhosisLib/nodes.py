@@ -167,12 +167,9 @@ def _segmentToImage(segmentationNode, segmentId: str | None) -> sitk.Image:
             raise inputError(f"'{name}': no segment named 'liver' (segments: {found}); pick the liver segment")
     if segmentId not in segments:
         raise inputError(f"'{name}' has no segment '{segmentId}' (segments: {', '.join(segments.values()) or 'none'})")
-    labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if not segmentationNode.GetSegmentation().ContainsRepresentation(labelmapName):
-        if not segmentationNode.CreateBinaryLabelmapRepresentation():
-            raise inputError(f"'{name}': cannot convert the segmentation to a binary labelmap")
+    source = _withBinaryLabelmap(segmentationNode)
     labelmap = slicer.vtkOrientedImageData()
-    if not segmentationNode.GetBinaryLabelmapRepresentation(segmentId, labelmap) or labelmap.GetNumberOfPoints() == 0:
+    if not source.GetBinaryLabelmapRepresentation(segmentId, labelmap) or labelmap.GetNumberOfPoints() == 0:
         raise inputError(f"'{name}': segment '{segments[segmentId]}' is empty")
     imageToNode = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(imageToNode)
@@ -182,6 +179,26 @@ def _segmentToImage(segmentationNode, segmentId: str | None) -> sitk.Image:
     if not array.any():
         raise inputError(f"'{name}': segment '{segments[segmentId]}' is empty")
     return imageFromArray(array, ijkToRas, f"{name}/{segments[segmentId]}")
+
+
+def _withBinaryLabelmap(segmentationNode):
+    """The node itself when it holds binary labelmaps, else an unsaved copy converted to them.
+
+    The user's node is never converted: a refused input must leave it exactly as it was
+    (representations, undo state, file format when saved).
+
+    Raises:
+        InputError: the segmentation cannot be converted to a binary labelmap.
+    """
+    labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if segmentationNode.GetSegmentation().ContainsRepresentation(labelmapName):
+        return segmentationNode
+    copy = slicer.vtkMRMLSegmentationNode()  # never added to a scene
+    copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+    if not copy.GetSegmentation().CreateRepresentation(labelmapName) or \
+            not copy.GetSegmentation().ContainsRepresentation(labelmapName):
+        raise inputError(f"'{segmentationNode.GetName()}': cannot convert the segmentation to a binary labelmap")
+    return copy
 
 
 def _binarize(labels: sitk.Image, liverLabel: int, name: str) -> sitk.Image:

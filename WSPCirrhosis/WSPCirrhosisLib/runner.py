@@ -1,122 +1,64 @@
-"""Background run of one prediction: worker thread, progress, Apply <-> Cancel, capped log box.
+"""The Qt side of a run: launching the child process, and Apply <-> Cancel, progress bar, log box.
 
-The worker thread only computes (SimpleITK images in, a prediction out); every MRML and Qt call
-stays on the main thread, which polls a queue with a QTimer. `BackgroundJob` itself needs no Qt
-(`poll()` can be called by hand), so its thread, cancel and error hand-off are testable anywhere.
+The model runs in its own process (job.py, process.py): Slicer's main thread holds Python's GIL
+while its event loop idles, so a worker thread would only compute in short gaps. Here:
+`launch` starts the child with slicer.util.launchConsoleProcess(blocking=False) where Slicer
+has it (5.12+), or with a reader thread + queue + QTimer (5.10); either way the job's callbacks
+run on the main thread. `RunControls` only touches the widgets it is given, so it is testable
+with stand-ins.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import queue
-import threading
 import time
-import traceback
-from typing import Any, Callable
+from types import SimpleNamespace
 
-POLL_INTERVAL_MS = 50
-# Neither CTK nor Slicer enables PythonQt's thread support (no GIL release around the Qt event
-# loop, as far as their sources show; not measured inside Slicer), so a Python worker may only
-# advance while the main thread runs Python. Each poll therefore sleeps briefly, which releases
-# the GIL; inside torch operators the worker runs without the GIL anyway.
-GIL_YIELD_S = 0.015
-
-WorkFn = Callable[[Callable[[float, str], None], Callable[[], bool]], Any]
+POLL_INTERVAL_MS = 100
+HIDE_PROGRESS_AFTER_MS = 1500
 
 
-class BackgroundJob:
-    """Run `work(progress, cancel)` in a daemon thread and hand its events to the main thread.
+def launch(command: list, extraEnv: dict, onLine, onExit):
+    """Start the child; onLine(line) and onExit(returnCode) are called on the main thread.
 
-    Args:
-        work: called in the worker as work(progress, cancel); its return value is the result.
-        onProgress: onProgress(fraction, message), called from `poll()` (main thread).
-        onDone: onDone(result, error), called once from `poll()`; error is None on success.
+    Returns a handle with .proc (the Popen) and .ownProcessGroup (whether the child leads its
+    own process group, so that cancel may signal the whole group).
     """
+    import slicer
 
-    def __init__(self, work: WorkFn, onProgress: Callable[[float, str], None] | None = None,
-                 onDone: Callable[[Any, BaseException | None], None] | None = None) -> None:
-        self._work = work
-        self._onProgress = onProgress
-        self._onDone = onDone
-        self._events: queue.Queue = queue.Queue()
-        self._cancelEvent = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._finished = False
-        self.startTime = 0.0
+    launcher = getattr(slicer.util, "launchConsoleProcess", None)
+    if launcher is not None and "blocking" in inspect.signature(launcher).parameters:  # Slicer 5.12+
+        proc = launcher(command, useStartupEnvironment=False, updateEnvironment=extraEnv, blocking=False,
+                        logCallback=onLine, completedCallback=onExit)
+        return SimpleNamespace(proc=proc, ownProcessGroup=False)
+    from .process import PopenLauncher
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and not self._finished
+    handle = PopenLauncher(command, extraEnv, onLine, onExit)
+    _pollUntilDone(handle)
+    return handle
 
-    @property
-    def cancelRequested(self) -> bool:
-        return self._cancelEvent.is_set()
 
-    def start(self, autoPoll: bool = True) -> None:
-        """Start the worker; with `autoPoll` a QTimer calls `poll()` until the job is done."""
-        if self._thread is not None:
-            raise RuntimeError("a BackgroundJob runs once")
-        self.startTime = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="WSPCirrhosisWorker", daemon=True)
-        self._thread.start()
-        if autoPoll:
-            self._schedulePoll()
+def _pollUntilDone(handle) -> None:
+    import qt
 
-    def requestCancel(self) -> None:
-        """Ask the worker to stop at its next check (between model batches)."""
-        self._cancelEvent.set()
-
-    def poll(self) -> bool:
-        """Deliver queued progress and, once, the result; return True when the job is over."""
-        while True:
-            try:
-                kind, payload = self._events.get_nowait()
-            except queue.Empty:
-                return self._finished
-            if kind == "progress":
-                if self._onProgress is not None:
-                    self._onProgress(*payload)
-            else:
-                self._finished = True
-                if self._onDone is not None:
-                    self._onDone(*payload)
-                return True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job is over, delivering its events here; False on timeout."""
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        while not self.poll():
-            if deadline is not None and time.perf_counter() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def _run(self) -> None:
-        def progress(fraction: float, message: str) -> None:
-            self._events.put(("progress", (float(fraction), str(message))))
-
+    def tick() -> None:
         try:
-            result = self._work(progress, self._cancelEvent.is_set)
-        except BaseException as exc:  # handed to the main thread, which shows or re-raises it
-            logging.debug("WSPCirrhosis worker failed:\n%s", traceback.format_exc())
-            self._events.put(("done", (None, exc)))
-        else:
-            self._events.put(("done", (result, None)))
+            done = handle.poll()
+        except Exception:  # a failing callback must not leave the timer chain dead silently
+            logging.exception("WSPCirrhosis: error while handling the prediction process output")
+            done = False
+        if not done:
+            qt.QTimer.singleShot(POLL_INTERVAL_MS, tick)
 
-    def _schedulePoll(self) -> None:
-        import qt
+    qt.QTimer.singleShot(0, tick)
 
-        def tick() -> None:
-            time.sleep(GIL_YIELD_S)
-            try:
-                done = self.poll()
-            except Exception:  # a failing callback must not leave the timer chain dead silently
-                logging.exception("WSPCirrhosis: error while handling background results")
-                done = True
-            if not done:
-                qt.QTimer.singleShot(POLL_INTERVAL_MS, tick)
 
-        qt.QTimer.singleShot(POLL_INTERVAL_MS, tick)
+def killLater(job, delayS: float) -> None:
+    """Force the child down `delayS` after a cancel if it is still alive."""
+    import qt
+
+    qt.QTimer.singleShot(int(delayS * 1000), job.killIfStillRunning)
 
 
 class RunControls:
@@ -135,7 +77,8 @@ class RunControls:
         self.progressBar = progressBar
         self.logBox = logBox
         self.applyText = applyButton.text
-        self.job: BackgroundJob | None = None
+        self.job = None
+        self._runNumber = 0  # a delayed hide belongs to one run: it must not hide the next one's bar
         self.progressBar.setRange(0, self.PROGRESS_STEPS)
         self.progressBar.hide()
 
@@ -143,23 +86,36 @@ class RunControls:
     def running(self) -> bool:
         return self.job is not None and self.job.running
 
-    def start(self, job: BackgroundJob) -> None:
-        """Show the job's progress and turn Apply into Cancel until it ends."""
+    @property
+    def starting(self) -> bool:
+        from .process import JobState
+
+        return self.job is not None and self.job.state == JobState.STARTING
+
+    def start(self, job) -> None:
+        """Show the job's progress and turn Apply into Cancel (enabled once the child speaks)."""
         self.job = job
+        self._runNumber += 1
         self.applyButton.text = "Cancel"
-        self.applyButton.toolTip = "Stop the prediction after the current batch of slices"
-        self.applyButton.enabled = True
+        self.applyButton.toolTip = "Stop the prediction; nothing is written"
         self.progressBar.setValue(0)
         self.progressBar.setFormat("starting %p%")
         self.progressBar.show()
+        self.applyButton.enabled = False  # a double click on Apply must not cancel the run it started
         job.start()
 
-    def cancel(self) -> None:
-        if self.running:
-            self.job.requestCancel()
-            self.applyButton.enabled = False
-            self.progressBar.setFormat("cancelling... %p%")
-            self.log("Cancel requested: stopping after the current batch")
+    def onStarted(self) -> None:
+        """The child has spoken: from now on the button cancels it."""
+        self.applyButton.enabled = True
+
+    def cancel(self) -> bool:
+        """Terminate the running job; ignored while it is still starting."""
+        if not self.running or not self.job.cancel():
+            return False
+        self.applyButton.enabled = False
+        self.progressBar.setFormat("cancelling... %p%")
+        self.log("Cancel requested: stopping the prediction process")
+        return True
 
     def onProgress(self, fraction: float, message: str) -> None:
         self.progressBar.setValue(int(round(fraction * self.PROGRESS_STEPS)))
@@ -177,7 +133,12 @@ class RunControls:
         self.log(message)
         seconds = time.perf_counter() - self.job.startTime if self.job is not None else 0.0
         self.progressBar.setFormat(f"{message.replace('%', '%%')} ({seconds:.1f} s)")
-        qt.QTimer.singleShot(1500, self.progressBar.hide)
+        runNumber = self._runNumber
+        qt.QTimer.singleShot(HIDE_PROGRESS_AFTER_MS, lambda: self._hideAfterRun(runNumber))
+
+    def _hideAfterRun(self, runNumber: int) -> None:
+        if runNumber == self._runNumber and not self.running:
+            self.progressBar.hide()
 
     def log(self, message: str) -> None:
         logging.info("WSPCirrhosis: %s", message)
