@@ -25,9 +25,10 @@ def _hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_path(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _phantom(stage: int, seed: int, size: int = 48, **changes):
+def _phantom(stage: int, seed: int, size: int = 48, signs: str = "positional", **changes):
     """(ct, mask) arrays in canonical storage with the confounders of `seed`, whatever the stage."""
-    params = dataclasses.replace(synth.draw_params(stage, np.random.default_rng(seed)), orientation="LPS", **changes)
+    params = synth.draw_params(stage, np.random.default_rng(seed), signs)
+    params = dataclasses.replace(params, orientation="LPS", **changes)
     ct, mask = synth.make_phantom(stage, np.random.default_rng(seed), size, params=params)
     return sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(mask), ct, mask
 
@@ -138,10 +139,11 @@ def test_flipped_storage_keeps_the_physical_anatomy(tmp_path):
         assert ct[ct.TransformPhysicalPointToIndex(point)] == ref[7, 20, 11]
 
 
-def test_cirrhosis_signs_grow_with_the_stage():
-    """Confounders fixed per seed, no image noise: parenchymal heterogeneity and contour irregularity."""
+def test_global_phantom_signs_grow_with_the_stage():
+    """Global phantom (negative control), confounders fixed per seed, no image noise:
+    parenchymal heterogeneity and contour irregularity grow with the stage."""
     def measure(stage: int, seed: int) -> tuple[float, float]:
-        ct, mask, _, mask_img = _phantom(stage, seed, size=64, noise_hu=0.0)
+        ct, mask, _, mask_img = _phantom(stage, seed, size=64, signs="global", noise_hu=0.0)
         interior = sitk.GetArrayFromImage(sitk.BinaryErode(mask_img, [1, 1, 0])).astype(bool)
         liver = mask.astype(bool)
         inner = liver.copy()
