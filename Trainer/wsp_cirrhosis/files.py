@@ -100,6 +100,13 @@ def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Build an output folder in a hidden sibling and move it into place only on success.
@@ -110,6 +117,9 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     path = check_output_dir(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    # mkdtemp makes the folder owner-only (0700); a result folder should get the permissions
+    # any folder the user creates gets, so that colleagues in the same group can read it
+    stage.chmod(0o777 & ~_umask())
     try:
         yield stage
         if path.exists():
