@@ -113,3 +113,38 @@ def test_torchrun_pretrain_matches_one_process(tmp_path, tmp_path_factory):
     flat = lambda states: torch.cat([states[k].flatten() for k in sorted(states)])  # noqa: E731
     a, b, start = flat(run_states(one)), flat(run_states(ddp)), flat(init)
     assert (a - b).norm() < 0.05 * (a - start).norm()
+
+
+def _buffer_worker(rank: int, world: int, port: int, out: str) -> None:
+    from wsp_cirrhosis import distributed
+    from wsp_cirrhosis.train import _average_buffers
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")
+    try:
+        bn = torch.nn.BatchNorm2d(3)
+        bn.train()
+        bn(torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(rank)) * (rank + 1))
+        _average_buffers(bn)
+        torch.save(bn.state_dict(), Path(out) / f"rank{rank}.pt")
+    finally:
+        distributed.cleanup_distributed()
+
+
+def test_batchnorm_running_statistics_are_averaged_over_ranks(tmp_path):
+    """Each rank's BatchNorm sees only its own batches; eval-mode users (monitors, checkpoints,
+    export) get the mean of the ranks' running statistics, the same on every rank."""
+    mp.spawn(_buffer_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    expected = []
+    for rank in range(2):
+        bn = torch.nn.BatchNorm2d(3)
+        bn(torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(rank)) * (rank + 1))
+        expected.append(bn.state_dict())
+    for key in ("running_mean", "running_var"):
+        mean = (expected[0][key] + expected[1][key]) / 2
+        assert not torch.allclose(expected[0][key], expected[1][key])
+        torch.testing.assert_close(states[0][key], mean)
+        torch.testing.assert_close(states[1][key], mean)
+    assert states[0]["num_batches_tracked"] == 1  # integer counters are left alone

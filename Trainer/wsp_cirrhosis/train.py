@@ -174,6 +174,26 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         g.copy_(part.view_as(g))
 
 
+def _average_buffers(model: nn.Module) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks.
+
+    Gradients are averaged every step, so parameters stay identical on every rank, but each rank's
+    BatchNorm running mean/var only sees its own batches. The running statistics are used only in
+    eval mode (monitors, checkpoints, export), so one averaging per epoch, before those, suffices.
+    """
+    import torch.distributed as dist
+
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= get_world_size()
+    with torch.no_grad():
+        for b, part in zip(bufs, flat.split([b.numel() for b in bufs])):
+            b.copy_(part.view_as(b))
+
+
 def train_loop(model: nn.Module, params: list[nn.Parameter], sampler: PatientSampler | SliceSampler,
                patients: Sequence[Any], step_fn: StepFn, tcfg: TrainConfig, device: torch.device,
                run_dir: Path | None = None, freeze_encoder: bool = False, desc: str = "train",
@@ -242,6 +262,8 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], sampler: PatientSam
                 ready = time.perf_counter()
         finally:
             stream.close()  # stops the prefetch thread after an error or Ctrl-C
+        if is_distributed():
+            _average_buffers(model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
