@@ -5,7 +5,7 @@ number on it is read from a prediction.json written by `wsp-cirrhosis predict` w
 demo model on a synthetic phantom, and the banner says so. Steps (README, "Screenshot"):
 
     wsp-cirrhosis synth --out /tmp/synth --patients 2 --histo-patients 4 --cirrhosis-fraction 0.5 --signs global --seed 7
-    wsp-cirrhosis predict /tmp/synth/images/histo-0001.nii.gz --liver-mask /tmp/synth/masks/histo-0001.nii.gz --out /tmp/pred --device cpu
+    wsp-cirrhosis predict /tmp/synth/images/histo-0001.nii.gz --liver-mask /tmp/synth/masks/histo-0001.nii.gz --out /tmp/pred --device cpu --saliency
     python Resources/render_screenshot.py /tmp/pred /tmp/synth/images/histo-0001.nii.gz /tmp/synth/masks/histo-0001.nii.gz
 """
 
@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT / "WSPCirrhosis"))
 
 def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> None:
     from wsp_cirrhosis.report import read_prediction
-    from WSPCirrhosisLib import outputs
+    from WSPCirrhosisLib import nodes, outputs, panel as module_panel
 
     p = read_prediction(prediction_dir / "prediction.json")
+    saliency_path = prediction_dir / "saliency.nii.gz"
     name = ct_path.name.split(".")[0]
     ct = sitk.DICOMOrient(sitk.ReadImage(str(ct_path)), "LPS")
     mask = sitk.DICOMOrient(sitk.ReadImage(str(mask_path)), "LPS")
@@ -38,6 +39,8 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     k = ct.TransformPhysicalPointToIndex(middle.center_lps)[2]
     image = sitk.GetArrayFromImage(ct)[k]
     liver = sitk.GetArrayFromImage(mask)[k] > 0
+    relevance = (sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(saliency_path)), "LPS"))[k]
+                 if saliency_path.is_file() else None)
 
     fig = Figure(figsize=(12.8, 7.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -55,7 +58,8 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     panel.add_patch(FancyBboxPatch((0.01, 0.01), 0.98, 0.98, boxstyle="round,pad=0.005", fc="white", ec="#b0b0b0"))
     rows = [("Inputs", None), ("Input volume:", f"{name} (synthetic phantom)"), ("Liver mask:", f"{name} liver mask"),
             ("Device:", p.device), ("Advanced", None), ("Batch size:", "32"),
-            ("Other model bundle:", "no (bundled demo model)")]
+            ("Other model bundle:", "no (bundled demo model)"),
+            ("[x] Show where the score comes from (relevance map)", "")]
     y = 0.955
     for label, value in rows:
         if value is None:
@@ -70,8 +74,9 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     panel.add_patch(FancyBboxPatch((0.06, y - 0.02), 0.88, 0.04, boxstyle="square,pad=0", fc="#4caf50", ec="#888"))
     panel.text(0.5, y, "finished in a PythonSlicer process  100%", ha="center", va="center", fontsize=8.5, color="white")
     y -= 0.075
-    panel.text(0.04, y, outputs.resultText(p), fontsize=8.6, weight="bold", wrap=True)
-    y -= 0.06
+    panel.text(0.04, y, module_panel.resultText(p).replace(" (threshold", "\n   (threshold"), fontsize=8.6,
+               weight="bold", va="center", linespacing=1.3)
+    y -= 0.075
     panel.text(0.04, y, "Summary table", fontsize=10, weight="bold")
     for key, value in outputs.summaryRows(p, name):
         y -= 0.04
@@ -82,18 +87,28 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     view = fig.add_axes((0.39, 0.45, 0.3, 0.4))
     view.imshow(np.clip(image, -160, 240), cmap="gray", origin="upper")
     view.contour(liver, levels=[0.5], colors=["#e8a317"], linewidths=1.2)
-    view.set_title(f"axial slice {middle.slice_index} (S = {middle.z_mm:.1f} mm), liver outline", fontsize=9)
+    if relevance is not None:  # the module's overlay defaults: colour map, opacity, transparent below threshold
+        view.imshow(np.ma.masked_less(relevance, nodes.SALIENCY_LOWER_THRESHOLD), cmap="inferno",
+                    vmin=nodes.SALIENCY_RANGE[0], vmax=nodes.SALIENCY_RANGE[1], alpha=nodes.SALIENCY_OPACITY,
+                    origin="upper")
+    view.set_title(f"axial slice {middle.slice_index} (S = {middle.z_mm:.1f} mm), liver outline"
+                   + (", relevance map" if relevance is not None else ""), fontsize=9)
     view.set_xticks([])
     view.set_yticks([])
 
     chart = fig.add_axes((0.45, 0.08, 0.52, 0.32))
     z = [s.z_mm for s in slices]
+    extra = p.extra or {}
+    if "slice_min" in extra:
+        chart.fill_between(z, extra["slice_min"], extra["slice_max"], color=outputs.SCORE_COLOR, alpha=0.2, lw=0,
+                           label=f"range across {extra['n_members']} models")
     chart.plot(z, [s.score for s in slices], "-o", ms=3, lw=1, color=outputs.SCORE_COLOR, label="slice score")
-    chart.plot([z[0], z[-1]], [p.threshold] * 2, "--", color=outputs.THRESHOLD_COLOR, label=f"threshold {p.threshold:g}")
+    threshold = extra.get("raw_threshold", p.threshold)  # slice scores are not calibrated
+    chart.plot([z[0], z[-1]], [threshold] * 2, "--", color=outputs.THRESHOLD_COLOR, label=f"threshold {threshold:.2f}")
     chart.set_ylim(0, 1)
     chart.set_xlabel("S (mm)")
     chart.set_ylabel("slice score")
-    chart.set_title(f"{name}: p(cirrhosis) = {p.probability:.2f} ({p.label_name})", fontsize=9.5)
+    chart.set_title(f"{name}: {module_panel.resultText(p).split(' -> ')[0]} ({p.label_name})", fontsize=9.5)
     chart.legend(fontsize=8, loc="lower right")
     chart.grid(alpha=0.3)
     fig.text(0.72, 0.82, "Chart: per-slice score along z\n(click a point in Slicer to jump\nthe slice views to that slice)",

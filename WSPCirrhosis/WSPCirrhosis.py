@@ -17,8 +17,7 @@ import vtk
 import slicer
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLPlotChartNode, vtkMRMLPlotSeriesNode,
                     vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode)
-from slicer.i18n import tr as _
-from slicer.i18n import translate
+from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -39,8 +38,8 @@ class WSPCirrhosis(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Estimates the probability of liver cirrhosis from a CT and a liver segmentation with a "
             "2D encoder trained by weakly-supervised positional contrastive learning. Produces a "
-            "per-slice score table, a score-versus-z chart (click a point to jump to that slice) and a "
-            "patient summary. Research use only, not for diagnosis. See the "
+            "per-slice score table, a score-versus-z chart (click a point to jump to that slice), a patient "
+            "summary and optionally a relevance map. Research use only, not for diagnosis. See the "
             '<a href="https://github.com/wspcirrhosis/SlicerWSPCirrhosis#readme">documentation</a>.')
         self.parent.acknowledgementText = _(
             "Method: Sarfati et al., Weakly-supervised positional contrastive learning: application "
@@ -60,11 +59,10 @@ def registerSampleData():
 class WSPCirrhosisParameterNode:
     """Inputs, options and the last result of the module (saved with the scene).
 
-    inputVolume: CT in Hounsfield units. liverMask: liver segmentation or labelmap.
-    liverSegmentId: segment of liverMask ("" = the one named liver). liverLabel: labelmap value
-    (0 = its only label). device, batchSize: where and how the model runs. useCustomModel,
-    modelPath: a bundle folder instead of the bundled model. resultText, sliceTable, chart,
-    scoreSeries: the last result.
+    inputVolume: CT in HU. liverMask: liver segmentation or labelmap. liverSegmentId: segment of
+    liverMask ("" = the one named liver). liverLabel: labelmap value (0 = its only label). device,
+    batchSize: where and how the model runs. useCustomModel, modelPath: a bundle folder instead of
+    the bundled model. resultText, sliceTable, chart, scoreSeries: the last result.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -103,6 +101,7 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = runner.RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLog)
         self.jumper = display.PlotClickJumper()
         self.segmentPicker = display.SegmentPicker(self.ui.segmentSelector, self._onSegmentSelected)
+        self.saliency = display.SaliencyOverlay(self.ui.applyButton, lambda: self.run.job and self.run.job.volumeNode)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -208,7 +207,7 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputVolume, p.liverMask, segmentId=p.liverSegmentId or None, liverLabel=p.liverLabel,
                     device=p.device, model=p.modelPath if p.useCustomModel else None, batchSize=p.batchSize,
                     onProgress=self.run.onProgress, onLog=self.run.log, onStarted=self.run.onStarted,
-                    onFinished=self._onFinished)
+                    onFinished=self._onFinished, saliency=self.saliency.checked)
                 self.run.start(job)
         except Exception as exc:
             from wsp_cirrhosis.errors import WSPError
@@ -239,6 +238,7 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.sliceTable, p.chart, p.scoreSeries = result.sliceTable, result.chart, result.scoreSeries
             self.run.finish(outcome.message, completed=True)
             display.showResult(self.run.job.volumeNode if self.run.job else None, result.chart)
+            self.saliency.setNode(outcome.saliency)
             self.jumper.connect(result.sliceTable, result.scoreSeries)
         elif outcome.state == JobState.FAILED:
             self.run.finish(_("Failed: {error}").format(error=outcome.message))

@@ -1,7 +1,10 @@
 """`make bundle`: rebuild the bundled demonstration model, reproducibly.
 
-synth (seed 0) -> pretrain WSP TinyNet -> finetune on the histology set -> export to
-WSPCirrhosis/Resources/Models/default (where the Slicer module and `predict` find it).
+synth (seed 0) -> pretrain WSP TinyNet -> `evaluate --keep-fold-models` (k-fold fine-tuning on
+the histology set: out-of-fold probabilities and k fold models) -> `export --ensemble --calibrate
+platt` (the k fold models as one ensemble, a Platt calibrator fitted on the out-of-fold
+probabilities) to WSPCirrhosis/Resources/Models/default (where the Slicer module and `predict`
+find it).
 
 Trained on synthetic phantoms only: a demonstration default, not for clinical use.
 Same machine type, same seed -> the same weights (CPU; the bundle records the versions).
@@ -29,7 +32,7 @@ def run(argv: list[str]) -> None:
         sys.exit(f"build_default_model: step failed with exit code {code}")
 
 
-def write_model_card(bundle_dir: Path, args: argparse.Namespace, pretrain_run: Path, finetune_run: Path) -> Path:
+def write_model_card(bundle_dir: Path, args: argparse.Namespace, pretrain_run: Path, eval_json: Path) -> Path:
     """MODEL.md beside the bundle: what it is, how it was made, what it must not be used for."""
     import torch
 
@@ -42,25 +45,35 @@ def write_model_card(bundle_dir: Path, args: argparse.Namespace, pretrain_run: P
     monitors = "; ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in summary.items()
                          if k in ("knn_bal_acc", "loss_excess", "position_r2")) or "none"
     monitor_patients = len(torch.load(pretrain_run / "encoder.pt", weights_only=True).get("monitor_patients", []))
-    train_auc = torch.load(finetune_run / "model.pt", weights_only=True)["metrics"]["train_auc"]
+    ft = json.loads(eval_json.read_text())["protocols"]["finetune"]
+    cal = meta["calibration"]
+    calibration = (f"{cal['method']} fitted on those {cal['n_patients']} out-of-fold probabilities (Brier "
+                   f"{cal['brier_before']:.3f} -> {cal['brier_after_in_sample']:.3f}, ECE {cal['ece_before']:.3f} -> "
+                   f"{cal['ece_after_in_sample']:.3f}, in-sample, so optimistic). Slice scores stay uncalibrated."
+                   if cal else "none.")
     card = f"""# Model card: {bundle.name}
 
 **Trained on synthetic phantoms only. A demonstration default, not for clinical use.** It shows
 that the WSPCirrhosis software runs end to end (Slicer module, `wsp-cirrhosis predict`); its
 scores on a patient's CT mean nothing about that patient's liver.
 
-- Architecture: {bundle.encoder_name} encoder + linear classifier head; input {bundle.preprocess.image_size} x
+- Architecture: ensemble of {bundle.n_members} {bundle.encoder_name} encoders + linear classifier heads (the fold
+  models of a {args.folds}-fold cross-validation; the probability is their mean, the spread across them is
+  reported); input {bundle.preprocess.image_size} x
   {bundle.preprocess.image_size} liver slices, HU window [{bundle.preprocess.window_min_hu:g}, {bundle.preprocess.window_max_hu:g}],
   liver box margin {bundle.preprocess.margin_mm:g} mm.
 - Training: WSP contrastive pretraining ({args.pretrain_epochs} epochs of {args.slices_per_epoch} slices, batch 32,
   BatchNorm projection head, lr 1e-3: the recipe that leaves the collapsed start, docs/training.md) on
   {args.patients} weak-labelled synthetic phantoms ({monitor_patients} of them held out for the representation
-  monitors), then fine-tuning ({args.finetune_epochs} epochs) on {args.histo_patients} histology-labelled phantoms
-  (`wsp-cirrhosis synth --seed {args.seed} --signs {args.signs}`; about 30% stage-4 "cirrhosis").
+  monitors), then fine-tuning ({args.finetune_epochs} epochs per fold) on {args.histo_patients} histology-labelled
+  phantoms (`wsp-cirrhosis synth --seed {args.seed} --signs {args.signs}`; about 30% stage-4 "cirrhosis").
 - Pretraining monitors (held-out weak-set phantoms), first -> last: {monitors}.
-- Fine-tuning on its own training phantoms: AUC {train_auc:.3f} (training set: says the fit ran, not how well it
-  generalises).
-- Decision threshold: {bundle.threshold:.3f} (Youden on the fine-tuning phantoms). Classes: {", ".join(bundle.class_names)}.
+- Out-of-fold (each phantom scored by the fold model that did not train on it): AUC {ft["auc_mean"]:.3f} ±
+  {ft["auc_std"]:.3f} over folds, pooled {ft["pooled_auc"]:.3f}; Brier {ft["calibration"]["brier"]:.3f}, ECE
+  {ft["calibration"]["ece"]:.3f}. Synthetic phantoms of one generator: says nothing about real CTs.
+- Calibration: {calibration}
+- Decision threshold: {bundle.threshold:.3f} on the uncalibrated
+  ensemble mean (Youden on the out-of-fold probabilities). Classes: {", ".join(bundle.class_names)}.
 - Bundle hash: `{bundle.sha256}`; software: {", ".join(f"{k} {v}" for k, v in meta["software_versions"].items() if k != "platform")}.
 - Rebuild: `make bundle` (`python scripts/build_default_model.py`), same seed -> same weights on the same
   machine type.
@@ -71,8 +84,10 @@ scores on a patient's CT mean nothing about that patient's liver.
 2. `wsp-cirrhosis pretrain --manifest weak.csv --method wsp --encoder resnet18 --image-size 224 --out runs/pre`
    (GPU: `--device cuda --bf16`; several GPUs: `torchrun --nproc_per_node=K -m wsp_cirrhosis pretrain ...`).
 3. `wsp-cirrhosis evaluate --manifest histo.csv --encoder runs/pre --folds 5 --json eval.json` (the paper's protocol),
-   then `wsp-cirrhosis finetune --manifest histo.csv --init runs/pre --out runs/ft`.
-4. `wsp-cirrhosis export --run runs/ft --out my-model` and choose that folder in the Slicer module
+   then `wsp-cirrhosis finetune --manifest histo.csv --init runs/pre --out runs/ft`; for an ensemble with a
+   calibrator: `wsp-cirrhosis evaluate ... --protocols finetune --keep-fold-models --json eval.json`.
+4. `wsp-cirrhosis export --run runs/ft --out my-model` (ensemble: `wsp-cirrhosis export --run eval.folds --ensemble
+   --calibrate platt --out my-model`) and choose that folder in the Slicer module
    (Advanced, "Use another model bundle") or pass `--model my-model` to `predict`.
 """
     path = bundle_dir / "MODEL.md"
@@ -90,6 +105,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--slices-per-epoch", type=int, default=2000)
     parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--folds", type=int, default=5, help="fold models in the ensemble")
+    parser.add_argument("--calibrate", default="platt", choices=("platt", "isotonic", "none"),
+                        help="calibrator fitted on the out-of-fold probabilities (platt: 2 parameters, safer on 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--signs", default="global", help="phantom kind (synth --signs); global: the weak label "
                         "shows on every slice, so CPU pretraining learns it (docs/training.md)")
@@ -104,13 +122,13 @@ def main() -> None:
              "--out", str(work / "pretrain"), "--epochs", str(args.pretrain_epochs), "--batch-size", "32",
              "--slices-per-epoch", str(args.slices_per_epoch), "--head-norm", "batch", "--lr", "1e-3",
              "--device", "cpu", *size, *seed, "--force"])
-        run(["finetune", "--manifest", str(work / "cohort" / "histo.csv"), "--init", str(work / "pretrain"),
-             "--out", str(work / "finetune"), "--epochs", str(args.finetune_epochs), "--device", "cpu",
-             "--slices-per-patient", "8",
-             *size, *seed, "--force"])
-        run(["export", "--run", str(work / "finetune"), "--out", str(args.out),
-             "--name", "wsp-tinynet-synthetic-demo", "--force"])
-        write_model_card(args.out, args, work / "pretrain", work / "finetune")
+        eval_json = work / "eval.json"
+        run(["evaluate", "--manifest", str(work / "cohort" / "histo.csv"), "--encoder", str(work / "pretrain"),
+             "--json", str(eval_json), "--protocols", "finetune", "--folds", str(args.folds), "--keep-fold-models",
+             "--epochs", str(args.finetune_epochs), "--device", "cpu", "--slices-per-patient", "8", *size, *seed])
+        run(["export", "--run", str(work / "eval.folds"), "--ensemble", "--calibrate", args.calibrate,
+             "--out", str(args.out), "--name", "wsp-tinynet-synthetic-demo", "--force"])
+        write_model_card(args.out, args, work / "pretrain", eval_json)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,12 +1,18 @@
-"""`make reproduce`: the paper's comparison (random init, SimCLR, SupCon, positional, PCL, WSP)
-and the WSP sigma ablation on a synthetic phantom cohort, plus a 2D embedding picture.
+"""`make reproduce`: the paper's comparison (random init, SimCLR, SupCon, positional, PCL, WSP) on
+the positional phantom, WSP and positional over one sigma grid, the global phantom as a negative
+control, fine-tuning of the chosen cells, and a 2D embedding picture.
+
+Stages: (1) the grid with the frozen probes (mean pooling, position bands, label efficiency) on the
+positional phantom; WSP's sigma is chosen on the weak set's held-out monitors; (2) the negative
+control on the global phantom at that sigma; (3) fine-tuning (random init, SupCon, WSP at that
+sigma by default) in the same benchmark folder, reusing the pretrained encoders; (4) the embedding.
 
     python scripts/reproduce.py                 # default size (checked-in scripts/reproduce/default.json)
     python scripts/reproduce.py --full          # paper-like size, for a GPU (scripts/reproduce/full.json)
     python scripts/reproduce.py --config my.json --out DIR
 
-Writes OUT/cohort (the phantoms), OUT/benchmark (results.json, results.md, results.png,
-sigma.png) and OUT/embedding.png. Interrupted? Run the same command again: finished grid cells
+Writes OUT/cohort, OUT/cohort-global (the phantoms), OUT/benchmark and OUT/control (results.json,
+results.md, results.png, sigma.png, label_efficiency.png) and OUT/embedding.png. Interrupted? Run the same command again: finished grid cells
 are kept (`benchmark --resume`). The cohort is synthetic: its numbers say how the methods behave
 on phantoms, nothing about patients.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -89,9 +96,37 @@ def embedding_figure(run_dir: Path, weak_csv: Path, image_size: int, out: Path, 
     return out
 
 
+def chosen_sigma(bench: Path, encoder: str) -> float | None:
+    """WSP's sigma chosen on the weak set's held-out monitors (benchmark_report.chosen_sigmas), never on histology."""
+    from wsp_cirrhosis.benchmark_report import chosen_sigmas
+
+    records = json.loads((bench / "results.json").read_text())
+    return chosen_sigmas(records, encoder).get("wsp")
+
+
+def benchmark(cohort: Path, out: Path, settings: dict, **override) -> None:
+    """One `wsp-cirrhosis benchmark` (with --resume when `out` already has results)."""
+    b = dict(settings, **override)
+    argv = ["benchmark", "--weak", str(cohort / "weak.csv"), "--strong", str(cohort / "histo.csv"), "--out", str(out)]
+    argv += sum((_flag(k, v) for k, v in b.items()), [])
+    if (out / "results.json").exists():
+        argv.append("--resume")
+    run(argv)
+
+
+def synth(out: Path, settings: dict) -> None:
+    if not (out / "histo.csv").exists():
+        run(["synth", "--out", str(out), *sum((_flag(k, v) for k, v in settings.items()), [])])
+
+
+def _stage(name: str, start: float) -> None:
+    print(f"\nreproduce: {name} ({time.monotonic() - start:.0f} s elapsed)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None, help="JSON with 'synth' and 'benchmark' sections")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON with 'synth', 'benchmark' and optional 'control', 'finetune' sections")
     parser.add_argument("--full", action="store_true", help="the paper-like size (scripts/reproduce/full.json), for a GPU")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     args = parser.parse_args()
@@ -99,19 +134,29 @@ def main() -> None:
     config = json.loads(config_path.read_text())
     start = time.monotonic()
     cohort, bench = args.out / "cohort", args.out / "benchmark"
-    if not (cohort / "histo.csv").exists():
-        run(["synth", "--out", str(cohort), *sum((_flag(k, v) for k, v in config["synth"].items()), [])])
     b = dict(config["benchmark"])
-    argv = ["benchmark", "--weak", str(cohort / "weak.csv"), "--strong", str(cohort / "histo.csv"), "--out", str(bench)]
-    argv += sum((_flag(k, v) for k, v in b.items()), [])
-    if (bench / "results.json").exists():
-        argv.append("--resume")
-    run(argv)
-    wsp_run = bench / "runs" / "wsp" / b["encoders"].split(",")[0] / "seed0"
-    figure = embedding_figure(wsp_run, cohort / "weak.csv", int(b["image_size"]), args.out / "embedding.png")
+    encoder = b["encoders"].split(",")[0]
+    _stage("1. positional phantom: pretraining grid + frozen probes", start)
+    synth(cohort, config["synth"])
+    benchmark(cohort, bench, b)
+    sigma = chosen_sigma(bench, encoder)
+    sigma_text = "inf" if sigma is None or math.isinf(sigma) else f"{sigma:g}"
+    print(f"reproduce: WSP sigma chosen on the weak-set monitors: {sigma_text}", flush=True)
+    if "control" in config:  # the global phantom: the stage shows everywhere, position should not help
+        _stage("2. negative control: global phantom", start)
+        control = dict(config["control"])
+        synth(args.out / "cohort-global", dict(config["synth"], signs=control.pop("signs", "global")))
+        benchmark(args.out / "cohort-global", args.out / "control", b, sigmas=sigma_text, **control)
+    if "finetune" in config:  # fine-tuning of the chosen cells, reusing their pretrained encoders
+        _stage("3. fine-tuning", start)
+        benchmark(cohort, bench, b, protocols="finetune", sigmas=sigma_text, **config["finetune"])
+    _stage("4. embedding figure", start)
+    run_name = "wsp" if sigma is None else f"wsp-sigma{sigma_text}"
+    figure = embedding_figure(bench / "runs" / run_name / encoder / "seed0", cohort / "weak.csv",
+                              int(b["image_size"]), args.out / "embedding.png")
     print(f"\nreproduce: done in {time.monotonic() - start:.0f} s with {config_path.name}\n"
-          f"table: {bench / 'results.md'}\nplots: {bench / 'results.png'}, {bench / 'sigma.png'}, {figure}\n"
-          "synthetic phantoms, not patient data")
+          f"table: {bench / 'results.md'}\nplots: {bench / 'results.png'}, {bench / 'sigma.png'}, "
+          f"{bench / 'label_efficiency.png'}, {figure}\nsynthetic phantoms, not patient data")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsp_cirrhosis.benchmark import Cell, aggregate, format_command, format_table, parse_grid, plot_results, plot_sigma
+from wsp_cirrhosis.benchmark import Cell, parse_grid
+from wsp_cirrhosis.benchmark_plots import plot_label_efficiency, plot_results, plot_sigma
+from wsp_cirrhosis.benchmark_report import aggregate, chosen_sigmas, format_table, paired
+from wsp_cirrhosis.benchmark_text import format_command
 from conftest_train import make_cohort
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.config import BenchmarkConfig, PreprocessConfig
@@ -31,13 +34,18 @@ def _record(method, protocol, seed, aucs, encoder="tinynet", sigma=None):
 # ------------------------------------------------------------------ pure parts, hand-made records
 
 
-def test_grid_is_methods_x_encoders_x_seeds_plus_sigma_rows():
-    cells = parse_grid(_cfg(methods="none,wsp", encoders="tinynet,resnet18", seeds="0,1", sigmas="0.5,inf"))
-    assert len(cells) == 2 * 2 * (2 + 2)
-    assert Cell("none", "resnet18", 1) in cells
-    assert Cell("wsp", "tinynet", 0, math.inf) in cells
+def test_grid_runs_wsp_and_positional_on_one_sigma_grid_and_supcon_once():
+    cells = parse_grid(_cfg(methods="none,supcon,positional,wsp", encoders="tinynet,resnet18", seeds="0,1",
+                            sigmas="0.1,0.4"))
+    assert len(cells) == 2 * 2 * (2 + 2 + 2)
+    assert Cell("none", "resnet18", 1) in cells and Cell("supcon", "tinynet", 0) in cells
+    assert Cell("positional", "tinynet", 0, 0.1) in cells and Cell("wsp", "resnet18", 1, 0.4) in cells
+    assert Cell("wsp", "tinynet", 0) not in cells  # on the grid only
     assert len(set(c.run_name for c in cells if c.method != "none")) == len([c for c in cells if c.method != "none"])
     assert Cell("wsp", "tinynet", 0, 0.5).run_name == "runs/wsp-sigma0.5/tinynet/seed0"
+    assert Cell("supcon", "tinynet", 0).label == "SupCon (= WSP at σ = ∞)"
+    # without a grid, wsp and positional run once at the pretraining default sigma
+    assert Cell("wsp", "tinynet", 0) in parse_grid(_cfg(methods="wsp", seeds="0"))
 
 
 @pytest.mark.parametrize("kw,fragment", [
@@ -46,6 +54,9 @@ def test_grid_is_methods_x_encoders_x_seeds_plus_sigma_rows():
     ({"seeds": "0,a"}, "--seeds"),
     ({"sigmas": "0.5,-1"}, "--sigmas"),
     ({"methods": ""}, "--methods"),
+    ({"cv_repeats": 0}, "--cv-repeats"),
+    ({"bands": 0}, "--bands"),
+    ({"label_sizes": "10,2"}, "--label-sizes"),
 ])
 def test_bad_grid_settings_name_the_flag(kw, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -55,20 +66,38 @@ def test_bad_grid_settings_name_the_flag(kw, fragment):
 def test_table_pools_folds_over_seeds_and_bolds_the_best_per_column():
     records = [
         _record("none", "frozen", 0, [0.5, 0.6]), _record("none", "frozen", 1, [0.7, 0.6]),
-        _record("wsp", "frozen", 0, [0.9, 0.8]), _record("wsp", "frozen", 1, [0.9, 1.0]),
-        _record("none", "finetune", 0, [0.8, 0.8]), _record("wsp", "finetune", 0, [0.6, 0.7]),
-        _record("wsp", "frozen", 0, [0.4, 0.6], sigma=0.5), _record("wsp", "frozen", 0, [0.7, 0.7], sigma="inf"),
+        _record("wsp", "frozen", 0, [0.9, 0.8], sigma=0.1), _record("wsp", "frozen", 1, [0.9, 1.0], sigma=0.1),
+        _record("none", "finetune", 0, [0.8, 0.8]), _record("wsp", "finetune", 0, [0.6, 0.7], sigma=0.1),
+        _record("wsp", "frozen", 0, [0.4, 0.6], sigma=0.5), _record("supcon", "frozen", 0, [0.7, 0.7]),
     ]
     stats = aggregate(records)
-    mean, std, n, n_seeds = stats[("wsp", None, "tinynet", "frozen")]
+    mean, std, n, n_seeds = stats[("wsp", 0.1, "tinynet", "frozen")]
     assert (mean, std, n, n_seeds) == (pytest.approx(0.9), pytest.approx(np.std([0.9, 0.8, 0.9, 1.0])), 4, 2)
     table = format_table(records).splitlines()
     assert table[0] == "| method | tinynet frozen | tinynet finetune |"
     rows = {line.split("|")[1].strip(): line for line in table[2:]}
-    assert list(rows) == ["none (random init)", "wsp", "wsp, σ = 0.5", "wsp, σ = inf"]
-    assert "**0.900 ± 0.071**" in rows["wsp"] and "**0.800 ± 0.000**" in rows["none (random init)"]
-    assert "0.600 ± 0.071 |" in rows["none (random init)"] and "**0.600" not in rows["none (random init)"]
-    assert rows["wsp, σ = 0.5"].rstrip().endswith("|  |")  # no finetune cell for that row
+    assert list(rows) == ["random init", "WSP, σ = 0.1", "WSP, σ = 0.5", "SupCon (= WSP at σ = ∞)"]
+    assert "**0.900 ± 0.071**" in rows["WSP, σ = 0.1"] and "**0.800 ± 0.000**" in rows["random init"]
+    assert "0.600 ± 0.071 |" in rows["random init"] and "**0.600" not in rows["random init"]
+    assert rows["WSP, σ = 0.5"].rstrip().endswith("|  |")  # no finetune cell for that row
+
+
+def _scored(method, seed, oof, labels, sigma=None, band_auc=0.5):
+    r = _record(method, "frozen_bands", seed, [0.5], sigma=sigma)
+    r.update(oof_probability=oof, labels=labels, monitors={"weak_band_auc": band_auc})
+    return r
+
+
+def test_sigma_is_chosen_on_the_weak_monitors_and_differences_are_seed_paired():
+    labels = [1, 1, 0, 0]
+    good, bad = [[0.9, 0.8, 0.1, 0.2]], [[0.9, 0.1, 0.2, 0.3]]  # AUC 1 and 0.5 (test_stats)
+    records = [_scored("wsp", 0, bad, labels, 0.1, band_auc=0.9), _scored("wsp", 0, good, labels, 0.4, band_auc=0.6),
+               _scored("supcon", 0, bad, labels), _scored("supcon", 1, good, labels)]
+    # histology would favour sigma 0.4; the weak-set monitor picks 0.1
+    assert chosen_sigmas(records, "tinynet") == {"wsp": 0.1}
+    d = paired(records, ("wsp", 0.4), ("supcon", None), "tinynet", "frozen_bands", n_boot=200)
+    assert d["seeds"] == 1 and d["difference"] == pytest.approx(0.5)  # seed 1 of supcon has no wsp partner
+    assert paired(records, ("wsp", 0.4), ("pcl", None), "tinynet", "frozen_bands") is None
 
 
 def test_command_line_lists_required_and_changed_flags_only():
@@ -80,11 +109,15 @@ def test_command_line_lists_required_and_changed_flags_only():
 
 
 def test_plots_are_pngs(tmp_path):
-    records = [_record("wsp", p, 0, [0.6, 0.8], sigma=s)
-               for p in ("frozen", "finetune") for s in (None, 0.1, 0.5, "inf")]
+    records = [_record(m, p, 0, [0.6, 0.8], sigma=s) for p in ("frozen", "finetune")
+               for m, s in (("wsp", 0.1), ("wsp", 0.5), ("positional", 0.1), ("supcon", None))]
+    for r in records:
+        r.update(folds=2, label_efficiency={"4": {"fold_auc": [0.55, 0.6], "n_train": [4, 4]}})
     plot_results(records, tmp_path / "r.png")
     plot_sigma(records, tmp_path / "s.png")
-    assert (tmp_path / "r.png").read_bytes()[:8] == PNG and (tmp_path / "s.png").read_bytes()[:8] == PNG
+    plot_label_efficiency(records, tmp_path / "l.png")
+    for name in ("r.png", "s.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
 # ------------------------------------------------------------------ the command at toy size
@@ -96,34 +129,42 @@ REQUIRED = {"method", "encoder", "seed", "protocol", "fold_auc", "sigma", "fold_
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench-cohort") / "cohort"
-    return make_cohort(out, patients=6, histo_patients=6, seed=1)
+    return make_cohort(out, patients=12, histo_patients=10, seed=1)
 
 
 def _bench(cohort: Path, out: Path, *extra: str) -> int:
     return main(["benchmark", "--weak", str(cohort / "weak.csv"), "--strong", str(cohort / "histo.csv"),
                  "--out", str(out), "--methods", ",".join(METHODS), "--encoders", "tinynet", "--seeds", "0",
-                 "--folds", "2", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "6",
-                 "--image-size", "32", "--sigmas", "0.5,inf", "--protocols", "frozen", *extra])
+                 "--folds", "2", "--cv-repeats", "2", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
+                 "--image-size", "32", "--sigmas", "0.5", "--protocols", "frozen,frozen_bands",
+                 "--label-sizes", "4", *extra])
 
 
 def test_benchmark_grid_writes_results_and_resumes(cohort, tmp_path, capsys):
-    # the whole grid with the frozen protocol (fine-tuning 16 folds would triple the time);
-    # fine-tuning inside the benchmark is exercised below by extending the grid with --resume
+    # the grid with the frozen probes; fine-tuning is added below with --resume (as make reproduce does)
     out = tmp_path / "bench"
     assert _bench(cohort, out) == 0
     records = json.loads((out / "results.json").read_text())
     cells = {(r["method"], r["sigma"], r["protocol"]) for r in records}
-    expected = {(m, None, "frozen") for m in METHODS} | {("wsp", s, "frozen") for s in (0.5, "inf")}
+    expected = {(m, 0.5 if m in ("wsp", "positional") else None, p) for m in METHODS
+                for p in ("frozen", "frozen_bands")}
     assert cells == expected and len(records) == len(expected)
     for r in records:
         assert REQUIRED <= r.keys()
-        assert len(r["fold_auc"]) == 2 and all(0 <= a <= 1 for a in r["fold_auc"])
+        assert len(r["fold_auc"]) == 4 and all(0 <= a <= 1 for a in r["fold_auc"])
+        assert np.array(r["oof_probability"]).shape == (2, r["n_patients"]) and r["fold_seeds"] == [0, 1000]
+        assert r["label_efficiency"]["4"]["n_train"] == [4] * 4
+        assert "weak_band_auc" in r["monitors"]
+        if r["method"] != "none":
+            assert {"knn_bal_acc_first", "knn_bal_acc_last", "position_r2_last"} <= r["monitors"].keys()
     md = (out / "results.md").read_text()
-    rows = ["none (random init)", "simclr", "supcon", "positional", "pcl", "wsp", "wsp, σ = 0.5", "wsp, σ = inf"]
-    for label in rows:
+    for label in ("random init", "SimCLR", "SupCon (= WSP at σ = ∞)", "positional, σ = 0.5", "PCL", "WSP, σ = 0.5"):
         assert f"| {label} |" in md
-    assert "not patient data" in md and "wsp-cirrhosis benchmark --weak" in md and "Machine:" in md
-    assert (out / "results.png").read_bytes()[:8] == PNG and (out / "sigma.png").read_bytes()[:8] == PNG
+    assert md.index("## Primary endpoint") < md.index("## Patient-level AUC")
+    assert "Weak/histology overlap: checked" in md and "## Did each method learn?" in md
+    assert "## Paired differences" in md and "## Label efficiency" in md and "not patient data" in md
+    for name in ("results.png", "sigma.png", "label_efficiency.png"):
+        assert (out / name).read_bytes()[:8] == PNG
     assert (out / "runs" / "wsp-sigma0.5" / "tinynet" / "seed0" / "encoder.pt").is_file()
     capsys.readouterr()
 
@@ -131,13 +172,9 @@ def test_benchmark_grid_writes_results_and_resumes(cohort, tmp_path, capsys):
     assert _bench(cohort, out) == 2
     assert "--resume" in capsys.readouterr().err
 
-    # --resume: a finished grid recomputes nothing
-    before = json.loads((out / "results.json").read_text())
-    assert _bench(cohort, out, "--resume") == 0
-    assert json.loads((out / "results.json").read_text()) == before
-
     # --resume after losing one record: only that cell runs again, reusing its pretrained encoder
-    lost = next(i for i, r in enumerate(before) if r["sigma"] == 0.5)
+    before = json.loads((out / "results.json").read_text())
+    lost = next(i for i, r in enumerate(before) if r["method"] == "wsp" and r["protocol"] == "frozen")
     kept = before[:lost] + before[lost + 1:]
     (out / "results.json").write_text(json.dumps(kept))
     assert _bench(cohort, out, "--resume") == 0
@@ -147,16 +184,15 @@ def test_benchmark_grid_writes_results_and_resumes(cohort, tmp_path, capsys):
     assert (redone["method"], redone["sigma"], redone["protocol"]) == ("wsp", 0.5, "frozen")
     assert redone["pretrain_reused"] and redone["fold_auc"] == before[lost]["fold_auc"]
 
-    # --resume adding a protocol: only the new (cell, protocol) runs, fine-tuning the saved wsp encoder
-    assert _bench(cohort, out, "--resume", "--methods", "wsp", "--sigmas", "", "--protocols", "frozen,finetune") == 0
+    # --resume adding fine-tuning for some methods: only the new (cell, protocol) pairs run
+    assert _bench(cohort, out, "--resume", "--methods", "none,wsp", "--protocols", "finetune") == 0
     extended = json.loads((out / "results.json").read_text())
-    assert extended[:-1] == after
-    new = extended[-1]
-    assert (new["method"], new["sigma"], new["protocol"], new["pretrain_reused"]) == ("wsp", None, "finetune", True)
-    assert len(new["fold_auc"]) == 2
-    table = (out / "results.md").read_text()
-    assert "| method | tinynet frozen | tinynet finetune |" in table and "| simclr |" in table
+    assert extended[:-2] == after
+    new = {(r["method"], r["protocol"]): r for r in extended[-2:]}
+    assert set(new) == {("none", "finetune"), ("wsp", "finetune")} and new[("wsp", "finetune")]["pretrain_reused"]
+    assert len(new[("wsp", "finetune")]["fold_auc"]) == 4 and 0 <= new[("wsp", "finetune")]["pooled_auc"] <= 1
+    assert "| method | tinynet frozen | tinynet frozen_bands | tinynet finetune |" in (out / "results.md").read_text()
 
     # --resume with different numbers-changing settings is refused
-    assert _bench(cohort, out, "--resume", "--folds", "3") == 2
-    assert "--folds" in capsys.readouterr().err
+    assert _bench(cohort, out, "--resume", "--cv-repeats", "3") == 2
+    assert "--cv-repeats" in capsys.readouterr().err

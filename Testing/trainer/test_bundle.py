@@ -121,3 +121,31 @@ def test_default_bundle_path_follows_the_environment_variable(bundle_dir, tmp_pa
     else:
         with pytest.raises(BundleError, match="pass --model"):
             default_bundle_path()
+
+
+def _write_v1_bundle(run: Path, out: Path) -> Path:
+    """A bundle written the way format version 1 did (before ensembles and calibration)."""
+    from wsp_cirrhosis.files import sha256_file
+
+    trained = torch.load(run / "model.pt", weights_only=True)
+    out.mkdir()
+    torch.save({"encoder": trained["encoder_state"], "classifier": trained["classifier_state"]}, out / "model.pt")
+    meta = {"format_version": 1, "name": "old", "architecture": trained["encoder_name"],
+            "preprocess": trained["preprocess"], "threshold": float(trained["threshold"]),
+            "class_names": list(trained["class_names"]), "training": {}, "metrics": {},
+            "software_versions": {"wsp_cirrhosis": "0.1.0"}, "created": "2026-12-01T00:00:00+00:00",
+            "source_run": str(run), "model_sha256": sha256_file(out / "model.pt")}
+    (out / "bundle.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_a_format_1_bundle_still_loads_as_one_uncalibrated_model(finetuned, bundle_dir, tmp_path):
+    cohort, run = finetuned
+    old = load_bundle(_write_v1_bundle(run, tmp_path / "old"))
+    assert old.meta["format_version"] == 1 and old.n_members == 1 and old.calibration is None
+    patients = load_cohort(cohort / "histo.csv", old.preprocess)
+    new = load_bundle(bundle_dir)
+    assert new.meta["format_version"] == FORMAT_VERSION == 2 and new.meta["n_members"] == 1
+    assert new.meta["calibration"] is None
+    assert (patient_probabilities(old.build_model(), patients, "cpu", 64)
+            == patient_probabilities(new.build_model(), patients, "cpu", 64)).all()

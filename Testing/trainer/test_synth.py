@@ -163,3 +163,63 @@ def test_make_phantom_rejects_bad_stages():
         synth.make_phantom(5, rng)
     with pytest.raises(ValueError, match="differs"):
         synth.make_phantom(1, rng, params=synth.draw_params(2, rng))
+
+
+def _liver_by_position(stage: int, seed: int, signs: str = "positional") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(liver pixels per slice, slice position d, in-plane bounding box) of a noiseless phantom."""
+    _, mask, _, _ = _phantom(stage, seed, size=64, signs=signs, noise_hu=0.0)
+    liver = mask.astype(bool)
+    ks = np.flatnonzero(liver.any(axis=(1, 2)))
+    area = liver.sum(axis=(1, 2)).astype(float)[ks]
+    d = (ks - ks[0]) / max(ks[-1] - ks[0], 1)
+    ys, xs = np.flatnonzero(liver.any(axis=(0, 2))), np.flatnonzero(liver.any(axis=(0, 1)))
+    return area, d, np.array([ys[0], ys[-1], xs[0], xs[-1]])
+
+
+def test_positional_phantom_moves_the_nodules_along_the_liver_without_whole_liver_change():
+    """Same confounders and texture, stage 0 vs 4: the stage only moves where the liver loses area
+    to inward nodules (sign band d 0.25-0.42 vs decoy band d 0.58-0.75); volume and box stay put."""
+    sign_loss, decoy_loss, volume_ratio = [], [], []
+    for seed in range(3):
+        a0, d, box0 = _liver_by_position(0, seed)
+        a4, d4, box4 = _liver_by_position(4, seed)
+        assert np.array_equal(d, d4)  # the same slices hold liver
+        sign, decoy = (d > 0.25) & (d < 0.42), (d > 0.58) & (d < 0.75)
+        sign_loss.append(1 - a4[sign].sum() / a0[sign].sum())      # stage 4 loses area where the sign sits
+        decoy_loss.append(1 - a0[decoy].sum() / a4[decoy].sum())   # stage 0 carries the decoy instead
+        volume_ratio.append(a4.sum() / a0.sum())
+        assert np.all(box4[[0, 2]] >= box0[[0, 2]] - 1) and np.all(box4[[1, 3]] <= box0[[1, 3]] + 1)  # inward only
+    assert min(sign_loss) > 0.06 and min(decoy_loss) > 0.02
+    assert max(abs(1 - r) for r in volume_ratio) < 0.05  # whole-liver volume within 5% whatever the stage
+
+
+def test_null_phantom_draws_the_same_images_whatever_the_stage():
+    params = [synth.draw_params(s, np.random.default_rng(7), "none") for s in range(5)]
+    assert len({dataclasses.replace(p, stage=0) for p in params}) == 1  # only the (unused) stage differs
+    positional = [synth.draw_params(s, np.random.default_rng(7), "positional").sign_level for s in range(5)]
+    assert positional == sorted(positional) and positional[0] == 0.0 and positional[4] == 1.0
+
+
+def test_global_phantom_draws_are_unchanged_by_the_signs_option():
+    g = synth.draw_params(3, np.random.default_rng(2), "global")
+    p = synth.draw_params(3, np.random.default_rng(2), "positional")
+    assert g.signs == "global" and g.sign_level == 0.0 and p.signs == "positional"
+    assert (g.fov_mm, g.slice_thickness_mm, g.noise_hu) == (p.fov_mm, p.slice_thickness_mm, p.noise_hu)
+
+
+def test_cohort_readme_and_json_name_the_variant(tmp_path):
+    for signs in ("global", "none"):
+        out = tmp_path / signs
+        assert main(["synth", "--out", str(out), "--patients", "1", "--histo-patients", "0", "--size", "32",
+                     "--signs", signs]) == 0
+        readme = (out / "README.md").read_text()
+        assert "NOT patient data" in readme and f"`--signs {signs}`" in readme
+        assert json.loads((out / "cohort.json").read_text())["config"]["signs"] == signs
+
+
+def test_unknown_signs_are_refused(capsys):
+    with pytest.raises(ValueError, match="signs"):
+        synth.draw_params(1, np.random.default_rng(0), "stage")
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", "x", "--signs", "stage"])
+    assert exc.value.code == 2 and "--signs" in capsys.readouterr().err

@@ -245,6 +245,10 @@ class EvaluateConfig:
     protocols: str = opt("frozen,finetune", "comma-separated: frozen (logistic regression on pooled features), finetune")
     slices_per_patient: int = opt(0, "fine-tuning slices drawn per patient and epoch (0 = all slices)")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
+    keep_fold_models: bool = opt(False, "keep the k fine-tuned fold models and their out-of-fold probabilities in "
+                                 "<json stem>.folds/ (for export --ensemble / --calibrate)")
+    allow_overlap: bool = opt(False, "evaluate even if histology patients are in the encoder's pretraining set "
+                              "(same patient_id or image content; recorded in the results)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, lr=1e-4))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
@@ -281,6 +285,8 @@ class BenchmarkConfig:
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside each manifest)")
     resume: bool = opt(False, "skip grid cells already in --out/results.json")
     force: bool = opt(False, "replace an existing output folder")
+    allow_overlap: bool = opt(False, "run even if histology patients are in the weak set (same patient_id or "
+                              "image content; recorded in the results)")
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(image_size=64))
 
 
@@ -309,9 +315,13 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    run: Path = req("finetune run folder")
+    run: Path = req("finetune run folder (with --ensemble: the <json stem>.folds folder of evaluate --keep-fold-models)")
     out: Path = req("bundle folder to write")
     name: str = opt("", "model name shown to users (default: derived from the run)")
+    ensemble: bool = opt(False, "bundle all fold models of --run as one ensemble (mean probability + spread)")
+    calibrate: str = opt("none", "fit a calibrator on out-of-fold probabilities (--oof, or --run's oof.json)",
+                         choices=("none", "platt", "isotonic"))
+    oof: Optional[Path] = opt(None, "out-of-fold probabilities for --calibrate: evaluate's results JSON or an oof.json")
     force: bool = opt(False, "replace an existing bundle folder")
 
 
@@ -325,7 +335,10 @@ class PredictConfig:
     model: Optional[Path] = opt(None, "model bundle folder (default: the bundled demonstration model)")
     device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
     batch_size: int = opt(32, "slices per forward pass")
+    workers: int = opt(0, "batch mode: processes preprocessing the next patients while the model runs "
+                       "(0 = one per CPU core, 1 = all in this process)")
     bf16: bool = opt(False, "bfloat16 autocast on CPU too (GPU always uses half precision); faster on recent CPUs")
+    saliency: bool = opt(False, "also write saliency.nii.gz (Grad-CAM relevance on the CT's grid) and saliency.png")
     force: bool = opt(False, "replace an existing output folder")
     progress: str = opt("auto", "how progress is shown: a bar (auto on a terminal), log lines (auto otherwise), "
                         "jsonl = one JSON object per line on stdout for other programs (README), or none",
@@ -333,6 +346,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         _check_range("batch_size", self.batch_size, 1)
+        _check_range("workers", self.workers, 0, 1024)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def _load_encoder(encoder_source: str | Path, arch: str, seed: int) -> tuple[str
 
 def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds: int = 5,
                      protocols: str | Sequence[str] = PROTOCOLS, train_cfg: Any = None, seed: int = 0,
-                     arch: str = "tinynet", slices_per_patient: int = 0) -> dict[str, Any]:
+                     arch: str = "tinynet", slices_per_patient: int = 0, keep_models: Path | None = None,
+                     preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stratified k-fold evaluation of one encoder on histology-labelled patients.
 
     Args:
@@ -127,6 +128,8 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
         seed: shuffles the folds, seeds the random init, the classifiers and fine-tuning.
         arch: backbone built for "none" (ignored for a run folder, which names its own).
         slices_per_patient: fine-tuning draws this many slices per patient and epoch (0 = all).
+        keep_models: save each fold's fine-tuned model as keep_models/fold<k>/model.pt
+            (ensemble.py; `preprocess` is recorded in them).
 
     Returns:
         {"encoder", "arch", "seed", "folds", "n_patients", "n_positive", "patients",
@@ -175,7 +178,9 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
             fold_scores = (frozen_fold_scores(features, labels, tr, te, seed) for tr, te in splits)
         else:
             fold_scores = (_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device, k,
-                                                 slices_per_patient)
+                                                 slices_per_patient,
+                                                 keep_models / f"fold{k}" if keep_models is not None else None,
+                                                 preprocess)
                            for k, (tr, te) in enumerate(splits))
         for (train, test), (train_scores, test_scores) in zip(splits, fold_scores):
             oof[test] = test_scores
@@ -197,8 +202,10 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
 
 def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Sequence[Any], train: np.ndarray,
                           test: np.ndarray, train_cfg: Any, seed: int, device: Any,
-                          fold: int, slices_per_patient: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fine-tune a fresh copy of the encoder on the training patients; patient probabilities for both sets."""
+                          fold: int, slices_per_patient: int = 0, save_to: Path | None = None,
+                          preprocess: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-tune a fresh copy of the encoder on the training patients; patient probabilities for both sets
+    (`save_to`: also keep the fold model there, ensemble.save_fold_model)."""
     from .features import patient_probabilities
     from .finetune import fit_classifier
 
@@ -207,8 +214,15 @@ def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Seque
     model = fit_classifier(encoder, train_patients, train_cfg, freeze=False, seed=seed + 1000 * fold,
                            slices_per_patient=slices_per_patient or None)
     batch = train_cfg.batch_size
-    return (np.asarray(patient_probabilities(model, train_patients, device, batch), dtype=float),
-            np.asarray(patient_probabilities(model, [patients[i] for i in test], device, batch), dtype=float))
+    train_scores = np.asarray(patient_probabilities(model, train_patients, device, batch), dtype=float)
+    if save_to is not None:
+        from .ensemble import save_fold_model
+
+        train_labels = [int(p.histo_label) for p in train_patients]
+        save_fold_model(save_to, model, preprocess or {}, youden_threshold(train_labels, train_scores),
+                        {"fold": fold, "n_patients": len(train), "n_positive": int(sum(train_labels)),
+                         "epochs": train_cfg.epochs, "seed": seed + 1000 * fold})
+    return train_scores, np.asarray(patient_probabilities(model, [patients[i] for i in test], device, batch), dtype=float)
 
 
 def plot_roc(result: dict[str, Any], path: str | Path) -> Path:
@@ -260,19 +274,39 @@ def run_evaluate(cfg: Any) -> int:
         raise InputError(f"--json {cfg.json}: is a folder; give a file name such as results.json")
     if source != "none":
         _warn_preprocess_mismatch(Path(source), to_dict(cfg.preprocess))
+    keep = None
+    if getattr(cfg, "keep_fold_models", False):
+        from .ensemble import folds_dir_of
+
+        if "finetune" not in protocols:
+            raise ConfigError("--keep-fold-models: needs the finetune protocol (--protocols ...,finetune)")
+        keep = folds_dir_of(cfg.json)
+        if keep.exists() and any(keep.iterdir()):
+            raise InputError(f"{keep}: exists and is not empty; remove it or write --json elsewhere")
+    from .overlap import check_run_overlap
+
+    # before any preprocessing or training: the histology set must not share patients with the weak set
+    overlap = check_run_overlap(source, cfg.manifest, cfg.cache_dir, getattr(cfg, "allow_overlap", False))
     patients = load_cohort(cfg.manifest, cfg.preprocess, cache_dir=cfg.cache_dir, require="histo")
     start = time.monotonic()
     result = evaluate_encoder(source, patients, cfg.folds, protocols, cfg.train, cfg.train.seed, cfg.arch,
-                              cfg.slices_per_patient)
+                              cfg.slices_per_patient, keep_models=keep, preprocess=to_dict(cfg.preprocess))
     png = plot_roc(result, roc_png_path(cfg.json))
+    from .calibration import add_calibration_to_result
+
+    reliability = add_calibration_to_result(result, cfg.json)
+    if keep is not None:
+        from .ensemble import write_oof
+
+        write_oof(keep, result)
     doc = {
-        "command": "evaluate", "manifest": str(cfg.manifest), **result,
-        "roc_png": png.name, "seconds": round(time.monotonic() - start, 3),
+        "command": "evaluate", "manifest": str(cfg.manifest), **result, "weak_overlap": overlap,
+        "roc_png": png.name, "reliability_png": reliability.name, "seconds": round(time.monotonic() - start, 3),
         "config": to_dict(cfg), "versions": software_versions(), "git_revision": git_revision(),
     }
     write_json_atomic(cfg.json, doc)
     print(format_summary(result))
-    print(f"wrote {cfg.json} and {png}")
+    print(f"wrote {cfg.json}, {png} and {reliability}" + (f"; fold models in {keep}" if keep is not None else ""))
     return 0
 
 
@@ -295,6 +329,8 @@ def format_summary(result: dict[str, Any]) -> str:
     lines = [f"encoder {result['encoder']} ({result['arch']}), {result['n_patients']} patients "
              f"({result['n_positive']} positive), {result['folds']}-fold, seed {result['seed']}"]
     for name, res in result["protocols"].items():
+        cal = res.get("calibration")
         lines.append(f"  {name:9s} AUC {res['auc_mean']:.3f} ± {res['auc_std']:.3f}   "
-                     f"balanced accuracy {res['balanced_accuracy_mean']:.3f} ± {res['balanced_accuracy_std']:.3f}")
+                     f"balanced accuracy {res['balanced_accuracy_mean']:.3f} ± {res['balanced_accuracy_std']:.3f}"
+                     + (f"   Brier {cal['brier']:.3f}  ECE {cal['ece']:.3f} (out-of-fold)" if cal else ""))
     return "\n".join(lines)

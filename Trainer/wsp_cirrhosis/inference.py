@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from .bundle import ModelBundle
+    from .slices import LiverSlices
 
 log = logging.getLogger("wsp_cirrhosis")
 
@@ -76,6 +77,8 @@ class PatientPrediction:
         slices: one SliceScore per liver slice.
         class_names: names of class 0 and class 1.
         timings: seconds spent per stage (read_s, preprocess_s, load_model_s, model_s, total_s).
+        extra: ensemble spread and calibration fields (ensemble.summarise); empty for one
+            uncalibrated model.
     """
 
     probability: float
@@ -88,6 +91,7 @@ class PatientPrediction:
     slices: list[SliceScore]
     class_names: tuple[str, ...] = ("no cirrhosis", "cirrhosis")
     timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_slices(self) -> int:
@@ -203,38 +207,49 @@ class LoadedModel:
 
         with _timed(timings, "preprocess_s"):
             liver = prepare_ct(image, mask, cfg, image_path=image_path, mask_path=mask_path)
-        if len(liver) == 0:
-            raise InputError(f"{mask_path or 'liver mask'}: no liver slice in the image")
         del image, mask  # the full volumes are no longer needed: free them before the model runs
+        return self.predict_slices(liver, batch_size=batch_size, progress=report, cancel=cancel,
+                                   timings=timings, mask_name=str(mask_path or "liver mask"), start=start)
 
+    def predict_slices(self, liver: "LiverSlices", *, batch_size: int = 32, progress: ProgressFn | None = None,
+                       cancel: CancelFn | None = None, timings: dict[str, float] | None = None,
+                       mask_name: str = "liver mask", start: float | None = None) -> PatientPrediction:
+        """Score one patient already preprocessed by `slices.prepare_ct` with this bundle's settings
+        (batch predict preprocesses in worker processes, cache_pool.prepared_patients)."""
+        report = progress or (lambda fraction, message: None)
+        timings = {"load_model_s": self.load_s} if timings is None else timings
+        start = time.perf_counter() if start is None else start
+        if len(liver) == 0:
+            raise InputError(f"{mask_name}: no liver slice in the image")
         with _timed(timings, "model_s"):
-            scores = self._score_slices(liver.slices, batch_size, report, cancel)
+            member_scores = self._score_slices(liver.slices, batch_size, report, cancel)
         order = np.argsort(liver.z_mm, kind="stable")  # prepare_ct already orders by z; keep it explicit
+        from .ensemble import summarise  # ensemble mean/spread and calibration
+
+        scores, probability, threshold, label, extra = summarise(member_scores, self.bundle, order)
         slices = [
             SliceScore(int(liver.slice_index[i]), float(liver.z_mm[i]), float(liver.positions[i]),
                        float(scores[i]), tuple(float(c) for c in liver.center_lps[i]))
             for i in order
         ]
-        probability = float(np.mean(scores))
-        threshold = float(self.bundle.threshold)
         class_names = tuple(self.bundle.class_names)
-        label = int(probability >= threshold)
         timings["total_s"] = time.perf_counter() - start + self.load_s
         report(1.0, f"P({class_names[-1]}) = {probability:.2f}")
         return PatientPrediction(
             probability=probability, label=label, label_name=class_names[label], threshold=threshold,
             model_name=self.bundle.name, model_sha256=self.bundle.sha256, device=str(self.device),
-            slices=slices, class_names=class_names, timings=timings,
+            slices=slices, class_names=class_names, timings=timings, extra=extra,
         )
 
     def _score_slices(self, slices: np.ndarray, batch_size: int, report: ProgressFn,
                       cancel: CancelFn | None) -> np.ndarray:
-        """(S, H, W) float32 slices -> (S,) float64 sigmoid scores, `batch_size` slices at a time."""
+        """(S, H, W) float32 slices -> (S, M) float64 sigmoid scores of the M members (1 for one
+        model), `batch_size` slices at a time."""
         import torch
 
         n = len(slices)
         n_batches = -(-n // batch_size)
-        scores = np.empty(n, dtype=np.float64)
+        scores = np.empty((n, getattr(self.bundle, "n_members", 1)), dtype=np.float64)
         lo, hi = _MODEL_SHARE
         with torch.inference_mode(), _autocast(self.device, self.bf16):
             for b, start in enumerate(range(0, n, batch_size)):
@@ -242,8 +257,8 @@ class LoadedModel:
                 chunk = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
                 x = torch.from_numpy(chunk).unsqueeze(1).to(self.device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x).float().reshape(-1)
-                if logits.numel() != len(chunk):
+                logits = self.model(x).float().reshape(len(chunk), -1)
+                if logits.shape[1] != scores.shape[1]:
                     raise RuntimeError(f"model returned {logits.numel()} logits for {len(chunk)} slices")
                 scores[start:start + len(chunk)] = torch.sigmoid(logits).cpu().numpy()
                 report(lo + (hi - lo) * (b + 1) / n_batches, f"model: batch {b + 1}/{n_batches} ({n} slices)")

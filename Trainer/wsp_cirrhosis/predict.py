@@ -9,6 +9,7 @@ README "JSON-lines progress"). SIGTERM cancels cleanly: no output folder is left
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -72,10 +73,15 @@ def _run_single(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | N
         check_mask_source(cfg.auto_mask)
     progress(0.0, "loading the model")
     loaded = load_model(cfg.model, cfg.device, cfg.bf16)
+    saliency = _saliency_writer(cfg, loaded)
     with staged_output_dir(cfg.out, cfg.force) as stage:
         prediction = loaded.predict(cfg.ct, cfg.liver_mask, batch_size=cfg.batch_size, liver_label=cfg.liver_label,
                                     auto_mask=cfg.auto_mask, progress=progress, cancel=cancel)
         _check_cancel(cancel)
+        files = dict(PATIENT_FILES)
+        if saliency is not None:
+            progress(0.97, "model: saliency maps (Grad-CAM)")
+            files.update(saliency(stage, cfg.ct, cfg.liver_mask, prediction))
         progress(1.0, "writing the result files")
         write_patient_outputs(stage, prediction, image_path=cfg.ct, mask_path=cfg.liver_mask)
         _check_cancel(cancel)
@@ -84,7 +90,7 @@ def _run_single(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | N
         from .progress import emit_event
 
         emit_event("done", exit_code=0, out=str(cfg.out),
-                   files={key: str(cfg.out / name) for key, name in PATIENT_FILES.items()},
+                   files={key: str(cfg.out / name) for key, name in files.items()},
                    **_result_fields(prediction))
     return 0
 
@@ -101,11 +107,12 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
     records = read_manifest(cfg.ct)
     progress(0.0, "loading the model")
     loaded = load_model(cfg.model, cfg.device, cfg.bf16)
+    saliency = _saliency_writer(cfg, loaded)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     names: set[str] = set()
-    with staged_output_dir(cfg.out, cfg.force) as stage:
-        for i, rec in enumerate(records):
+    with staged_output_dir(cfg.out, cfg.force) as stage, _prepared(cfg, loaded, records) as prepared:
+        for i, (rec, liver, prep_error, prep_s) in enumerate(prepared):
             _check_cancel(cancel)
             folder = folder_name(rec.patient_id, names)
             log.info("patient %d/%d: %s", i + 1, len(records), rec.patient_id)
@@ -114,9 +121,19 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
                 progress((i + fraction) / len(records), f"{message} [{pid}]")
 
             try:
-                prediction = loaded.predict(rec.image, rec.liver_mask, batch_size=cfg.batch_size,
-                                            liver_label=cfg.liver_label, auto_mask=cfg.auto_mask,
-                                            progress=sub_progress, cancel=cancel)
+                if prep_error is not None:  # the worker's message, as the in-process path would word it
+                    raise WSPError(prep_error)
+                if liver is not None:  # preprocessed by a worker process while the model ran before
+                    sub_progress(0.1, "preprocessing done in a worker process")
+                    prediction = loaded.predict_slices(liver, batch_size=cfg.batch_size, progress=sub_progress,
+                                                       cancel=cancel, mask_name=str(rec.liver_mask),
+                                                       timings={"load_model_s": loaded.load_s, "preprocess_s": prep_s})
+                else:
+                    prediction = loaded.predict(rec.image, rec.liver_mask, batch_size=cfg.batch_size,
+                                                liver_label=cfg.liver_label, auto_mask=cfg.auto_mask,
+                                                progress=sub_progress, cancel=cancel)
+                if saliency is not None:
+                    saliency(stage / folder, rec.image, rec.liver_mask, prediction)
                 write_patient_outputs(stage / folder, prediction, image_path=rec.image, mask_path=rec.liver_mask)
             except Cancelled:
                 raise
@@ -148,6 +165,50 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
         emit_event("done", exit_code=code, out=str(cfg.out), files={"summary_csv": str(cfg.out / "summary.csv")},
                    n_patients=len(records), n_failed=len(failed))
     return code
+
+
+@contextlib.contextmanager
+def _prepared(cfg: "PredictConfig", loaded: Any, records: list) -> Iterator[Iterator[tuple[Any, Any, str | None, float]]]:
+    """(record, LiverSlices or None, error or None, seconds) per patient, in manifest order.
+
+    With more than one worker (`--workers`, 0 = one per core), cache_pool.prepared_patients reads and
+    preprocesses the next patients in worker processes while the model scores the current one; the
+    slices are the same `prepare_ct` output, so the results equal the one-process path. With one
+    worker, LiverSlices is None and LoadedModel.predict does everything here, as before.
+    """
+    from .cache_pool import default_workers, prepared_patients
+
+    workers = min(cfg.workers or default_workers(), len(records))
+    if workers <= 1:
+        yield ((rec, None, None, 0.0) for rec in records)
+        return
+    prep = loaded.bundle.preprocess
+    if cfg.liver_label is not None:
+        prep = dataclasses.replace(prep, liver_label=cfg.liver_label)
+    log.info("batch predict: %d preprocessing worker process(es)", workers)
+    gen = prepared_patients(records, prep, workers)
+    try:
+        yield gen
+    finally:
+        gen.close()  # stops the pool, also on cancel or error
+
+
+def _saliency_writer(cfg: "PredictConfig", loaded: Any) -> Any:
+    """None without --saliency; else a function (folder, ct, mask, prediction) -> files written
+    (saliency.py), after checking that the model has conv layers and a mask is given."""
+    if not getattr(cfg, "saliency", False):
+        return None
+    from .saliency import check_saliency_supported, write_saliency
+
+    check_saliency_supported(loaded.model)
+    if cfg.liver_mask is None and cfg.ct.suffix.lower() != ".csv":
+        raise ConfigError("--saliency: needs --liver-mask (the automatic mask is not kept)")
+
+    def write(folder: Any, ct: Any, mask: Any, prediction: Any) -> dict[str, str]:
+        return write_saliency(folder, loaded, ct, mask, prediction, liver_label=cfg.liver_label,
+                              batch_size=cfg.batch_size)
+
+    return write
 
 
 def stage_of(message: str) -> str:

@@ -1,6 +1,17 @@
 """Prediction outputs: slices.csv, prediction.json, curve.png (and a cohort's summary.csv), and
 `read_prediction`, which rebuilds a prediction from its prediction.json.
 
+prediction.json fields beyond a single uncalibrated model's (absent otherwise, so old readers and
+old files still match; README "prediction.json"):
+  n_members                      members of an ensemble bundle (absent = 1)
+  member_probabilities           each member's patient probability (calibrated when the bundle is)
+  probability_min/max/std        spread of member_probabilities (std: ddof=0)
+  slices[i].score_min/max/std    spread of the members' scores on that slice (slice scores are
+                                 never calibrated: the calibrator is fitted on patient probabilities)
+  raw_probability, raw_threshold uncalibrated mean slice score and the bundle's threshold on it
+  calibration                    {"method", "n_patients"} of the bundle's calibrator
+  saliency                       file names of saliency.nii.gz / saliency.png (predict --saliency)
+
 Every writer takes a `PatientPrediction` and a path; nothing here runs a model. The plot uses
 matplotlib's object API with the Agg canvas, so it never touches a GUI backend (Slicer, servers).
 """
@@ -22,15 +33,28 @@ if TYPE_CHECKING:
 
 SLICE_COLUMNS = ("slice_index", "z_mm", "position", "score")
 SUMMARY_COLUMNS = ("patient_id", "probability", "label", "threshold", "n_slices", "error")
+SPREAD_COLUMNS = ("score_min", "score_max", "score_std")
+_PATIENT_EXTRA = ("n_members", "member_probabilities", "probability_min", "probability_max", "probability_std",
+                  "raw_probability", "raw_threshold", "calibration", "saliency")
+
+
+def _slice_spread(prediction: "PatientPrediction") -> dict[str, list[float]]:
+    """{"score_min": [...], ...} per slice in z order for an ensemble, {} otherwise."""
+    extra = getattr(prediction, "extra", None) or {}
+    if "slice_min" not in extra:
+        return {}
+    return {"score_min": extra["slice_min"], "score_max": extra["slice_max"], "score_std": extra["slice_std"]}
 
 
 def write_slices_csv(prediction: "PatientPrediction", path: str | os.PathLike) -> None:
     """One row per liver slice, ordered by z (inferior first): slice_index,z_mm,position,score."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SLICE_COLUMNS)
-    for s in sorted(prediction.slices, key=lambda s: s.z_mm):
-        writer.writerow([s.slice_index, f"{s.z_mm:.4f}", f"{s.position:.6f}", f"{s.score:.6f}"])
+    spread = _slice_spread(prediction)
+    writer.writerow(SLICE_COLUMNS + (SPREAD_COLUMNS if spread else ()))
+    for i, s in enumerate(sorted(prediction.slices, key=lambda s: s.z_mm)):
+        extra = [f"{spread[k][i]:.6f}" for k in SPREAD_COLUMNS] if spread else []
+        writer.writerow([s.slice_index, f"{s.z_mm:.4f}", f"{s.position:.6f}", f"{s.score:.6f}", *extra])
     write_text_atomic(path, buf.getvalue())
 
 
@@ -45,6 +69,12 @@ def prediction_record(
     from .provenance import software_versions
 
     p = prediction
+    spread = _slice_spread(p)
+    slices = [{"slice_index": s.slice_index, "z_mm": s.z_mm, "position": s.position, "score": s.score,
+               "center_lps": list(s.center_lps)} for s in sorted(p.slices, key=lambda s: s.z_mm)]
+    for i, row in enumerate(slices):
+        row.update({k: spread[k][i] for k in spread})
+    extra = {k: p.extra[k] for k in _PATIENT_EXTRA if k in (getattr(p, "extra", None) or {})}
     return {
         "probability": p.probability,
         "label": p.label,
@@ -61,8 +91,8 @@ def prediction_record(
         },
         "device": p.device,
         # Full precision (JSON floats round-trip exactly): read_prediction rebuilds the prediction.
-        "slices": [{"slice_index": s.slice_index, "z_mm": s.z_mm, "position": s.position, "score": s.score,
-                    "center_lps": list(s.center_lps)} for s in sorted(p.slices, key=lambda s: s.z_mm)],
+        "slices": slices,
+        **extra,
         "timings_s": {k: round(v, 4) for k, v in p.timings.items()},
         "software": software_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -82,11 +112,14 @@ def read_prediction(path: str | os.PathLike) -> "PatientPrediction":
         record = json.loads(Path(path).read_text(encoding="utf-8"))
         slices = [SliceScore(int(s["slice_index"]), float(s["z_mm"]), float(s["position"]), float(s["score"]),
                              tuple(float(c) for c in s["center_lps"])) for s in record["slices"]]
+        extra = {k: record[k] for k in _PATIENT_EXTRA if k in record}
+        if record["slices"] and "score_min" in record["slices"][0]:
+            extra.update({f"slice_{k[6:]}": [float(s[k]) for s in record["slices"]] for k in SPREAD_COLUMNS})
         return PatientPrediction(
             probability=float(record["probability"]), label=int(record["label"]), label_name=str(record["label_name"]),
             threshold=float(record["threshold"]), model_name=str(record["model"]["name"]),
             model_sha256=str(record["model"]["sha256"]), device=str(record["device"]), slices=slices,
-            class_names=tuple(record["class_names"]), timings=dict(record.get("timings_s", {})))
+            class_names=tuple(record["class_names"]), timings=dict(record.get("timings_s", {})), extra=extra)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a readable prediction.json with per-slice results ({exc})") from None
 
@@ -117,19 +150,37 @@ def plot_curve(prediction: "PatientPrediction", path: str | os.PathLike, dpi: in
         pad = max((hi - lo) * 0.05, 2.0)
         ax.axvspan(lo, hi, color="tab:brown", alpha=0.08, lw=0, label="liver extent")
         ax.set_xlim(lo - pad, hi + pad)
-        ax.plot(z, scores, "-o", color="tab:blue", ms=3, lw=1, label="slice score")
+        spread = _slice_spread(p)
+        n_members = (p.extra or {}).get("n_members", 1)
+        if spread:  # the ensemble's band: lowest to highest member score on each slice
+            ax.fill_between(z, spread["score_min"], spread["score_max"], color="tab:blue", alpha=0.18, lw=0,
+                            label=f"range across {n_members} models")
+        ax.plot(z, scores, "-o", color="tab:blue", ms=3, lw=1,
+                label="slice score" + (f" (mean of {n_members} models)" if spread else ""))
         if hi > lo:  # d = 0 at the most inferior liver slice, 1 at the most superior
             top = ax.secondary_xaxis("top", functions=(lambda v: (v - lo) / (hi - lo), lambda d: lo + d * (hi - lo)))
             top.set_xlabel("position d in the liver (0 = inferior, 1 = superior)")
-    ax.axhline(p.threshold, color="tab:red", lw=1.2, label=f"threshold {p.threshold:.2f}")
-    ax.axhline(p.probability, color="black", ls="--", lw=1, label=f"patient probability {p.probability:.2f}")
+    ex = p.extra or {}
+    if "raw_threshold" in ex:  # slice scores are uncalibrated: draw the decision on their scale
+        ax.axhline(ex["raw_threshold"], color="tab:red", lw=1.2, label=f"threshold {ex['raw_threshold']:.2f} (uncalibrated)")
+        ax.axhline(ex["raw_probability"], color="black", ls="--", lw=1,
+                   label=f"mean slice score {ex['raw_probability']:.2f} (calibrated P {p.probability:.2f})")
+    else:
+        ax.axhline(p.threshold, color="tab:red", lw=1.2, label=f"threshold {p.threshold:.2f}")
+        ax.axhline(p.probability, color="black", ls="--", lw=1, label=f"patient probability {p.probability:.2f}")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("z (mm, LPS: inferior → superior)")
     ax.set_ylabel(f"P({p.class_names[-1]}) per slice")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small", framealpha=0.8)
-    ax.set_title(f"P({p.class_names[-1]}) = {p.probability:.2f} → {p.label_name} "
-                 f"(threshold {p.threshold:.2f}) — model {p.model_name}", fontsize="medium")
+    from .ensemble import spread_text
+
+    calibrated = " calibrated" if (p.extra or {}).get("calibration") else ""
+    headline = spread_text(p.extra or {}, p.probability).replace("P =", f"P({p.class_names[-1]}){calibrated} =")
+    # an ensemble's headline is long: the model name goes on a second line
+    sep = "\n" if (p.extra or {}).get("n_members", 1) > 1 or calibrated else " — "
+    ax.set_title(f"{headline} → {p.label_name} (threshold {p.threshold:.2f}){sep}model {p.model_name}",
+                 fontsize="medium")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
 

@@ -152,6 +152,32 @@ def _cohort_doc(cfg: SynthConfig, plan: list[dict]) -> dict:
     }
 
 
+SIGNS_TEXT = {
+    "positional": """Positional phantom (the default): the stage decides only WHERE a sign sits along the liver
+(d = 0 inferior tip, 1 = dome), never how much of it a liver has. The sign is inward-only surface
+nodularity (fat fills the notches; the liver's bounding box cannot grow): a share (stage/4)^3 of it
+sits at d 0.25-0.42; the rest, plus a stage-independent extra, sits at d 0.58-0.75 as a decoy in every
+patient. A slice detector that ignores position sees about the same nodules in every patient;
+whole-liver cues (volume, extent, liver fraction of the crop) do not follow the stage.
+Parenchymal heterogeneity, ascites (25% of patients) and splenomegaly are drawn independently of the
+stage. Check any cohort with `wsp-cirrhosis audit --manifest histo.csv --out audit/`: on 300
+histology patients at --size 64 the hand-made whole-patient cues stay at or below AUC 0.61 and the
+sign in its band (solidity at d 0.2-0.4) reaches 0.91-0.95, but a random-init encoder's mean-pooled
+probe still reads 0.70-0.72 (docs/benchmarks/audit.md in the repository): compare methods against
+that baseline, not against 0.5.""",
+    "global": """Global phantom (a negative control that stays easy): magnitude grows with the stage everywhere.
+- surface nodularity (all levels); heterogeneous parenchyma: septa around regenerative nodules, mottling;
+- right-lobe atrophy with caudate and left-lobe hypertrophy (mid and superior liver);
+- ascites (stage 3: 30% of patients, stage 4: 75%; perihepatic and paracolic, mostly inferior);
+- splenomegaly.
+Whole-liver cues give the stage away (the liver fraction of its bounding box reaches AUC 0.97 in
+`wsp-cirrhosis audit`): no comparison of pretraining methods on it can show what slice position adds.""",
+    "none": """Null phantom: the positional phantom with the sign's position drawn from a random stage, so the
+latent stage has no effect on the images. Labels are still drawn from the stage: every method should
+score AUC about 0.5 here; anything higher is a leak.""",
+}
+
+
 def _readme(cfg: SynthConfig) -> str:
     return f"""# Synthetic phantom cohort: NOT patient data
 
@@ -175,11 +201,8 @@ pipeline end to end; results on it say nothing about cirrhosis on real CT.
 - Histology label = 1 iff stage == 4. Weak set: the three true classes in equal numbers;
   histology set: {cfg.cirrhosis_fraction:.0%} at stage 4, the rest uniform over stages 0-3.
 
-## What the stage changes (magnitude grows with the stage; visibility depends on the slice position)
-- surface nodularity (all levels); heterogeneous parenchyma: septa around regenerative nodules, mottling;
-- right-lobe atrophy with caudate and left-lobe hypertrophy (mid and superior liver);
-- ascites (stage 3: 30% of patients, stage 4: 75%; perihepatic and paracolic, mostly inferior);
-- splenomegaly.
+## What the stage changes: `--signs {cfg.signs}`
+{SIGNS_TEXT[cfg.signs]}
 
 ## Confounders, independent of the stage
 noise 8-25 HU; HU offset +-20; contrast enhancement (liver 50-120 HU, vessels, spleen, kidneys,
@@ -193,6 +216,7 @@ gallbladder sizes; stomach gas; storage orientation (LPS 40%, RAS 30%, LPI 20%, 
 - `--size {cfg.size}`: in-plane matrix; `--seed {cfg.seed}`: every draw derives from it
   (same seed, same files byte for byte).
 - `--reader-noise {cfg.reader_noise}`: standard deviation of the weak reading around the stage.
+- `--signs {cfg.signs}`: how the stage shows (positional, global, none; see above).
 """
 
 

@@ -36,6 +36,66 @@ def showResult(volumeNode, chartNode) -> None:
         slicer.modules.plots.logic().ShowChartInLayout(chartNode)
 
 
+def showSaliency(volumeNode, saliencyNode, show: bool = True) -> None:
+    """The relevance map as a coloured foreground over the CT in every slice view (or hidden).
+
+    The map lies on the CT's grid, so the slice views' jump to a clicked curve point (which moves
+    the slice planes, not the layers) shows the map of that slice too.
+    """
+    from . import nodes
+
+    if saliencyNode is None:
+        return  # this run made no map: leave the user's layers alone
+    if not show:
+        slicer.util.setSliceViewerLayers(foregroundOpacity=0.0, fit=False)
+        return
+    slicer.util.setSliceViewerLayers(background=volumeNode, foreground=saliencyNode,
+                                     foregroundOpacity=nodes.SALIENCY_OPACITY, fit=False)
+
+
+class SaliencyOverlay:
+    """The 'Show where the score comes from' checkbox and the last run's relevance map.
+
+    Args:
+        applyButton: the checkbox is placed just above it.
+        volumeOf: volumeOf() -> the CT node the map belongs over.
+    """
+
+    def __init__(self, applyButton, volumeOf) -> None:
+        self.node = None
+        self._volumeOf = volumeOf
+        self.checkBox = addSaliencyCheckBox(applyButton, self.show)
+
+    @property
+    def checked(self) -> bool:
+        return bool(self.checkBox.checked)
+
+    def setNode(self, saliencyNode) -> None:
+        """A finished run's map (None: that run made none); shown when the box is ticked."""
+        self.node = saliencyNode
+        self.show(self.checked)
+
+    def show(self, on: bool = True) -> None:
+        showSaliency(self._volumeOf(), self.node, on)
+
+
+def addSaliencyCheckBox(applyButton, onToggled):
+    """A 'Show where the score comes from' checkbox placed just above Apply; returns it."""
+    import qt
+
+    box = qt.QCheckBox("Show where the score comes from (relevance map)")
+    box.toolTip = ("Also compute a Grad-CAM relevance map of every liver slice (one more pass per model) and "
+                   "show it as a coloured overlay on the CT; 1 = the most relevant region of this patient")
+    layout = applyButton.parentWidget().layout()
+    index = layout.indexOf(applyButton) if hasattr(layout, "indexOf") else -1
+    if hasattr(layout, "insertWidget") and index >= 0:
+        layout.insertWidget(index, box)
+    else:
+        layout.addWidget(box)
+    box.connect("toggled(bool)", onToggled)
+    return box
+
+
 class PlotClickJumper:
     """Clicking a point of the score curve centres the slice views on that liver slice."""
 

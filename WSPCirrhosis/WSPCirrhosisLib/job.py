@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import outputs, process
+from . import panel, process
 from .process import JobState, Outcome
 
 LaunchFn = Callable[[list, dict, Callable[[str], None], Callable[[int], None]], object]
@@ -138,12 +138,17 @@ class PredictionJob:
             liver = self.liverNode if self.liverNode is not None and self.scene.IsNodePresent(self.liverNode) else None
             try:
                 result = process.loadResult(self.scene, done["files"]["prediction_json"], self.volumeNode, liver)
+                saliency = None
+                if done["files"].get("saliency_nii"):
+                    from . import nodes
+
+                    saliency = nodes.loadSaliencyVolume(self.scene, done["files"]["saliency_nii"], self.volumeNode)
             except Exception as exc:  # a bad result file is a failure of this run, shown like one
                 from wsp_cirrhosis.errors import WSPError
 
                 detail = None if isinstance(exc, WSPError) else traceback.format_exc()
                 return Outcome(JobState.FAILED, f"cannot read the result ({exc})", detail=detail)
-            return Outcome(JobState.COMPLETED, outputs.resultText(result.prediction), result=result)
+            return Outcome(JobState.COMPLETED, panel.resultText(result.prediction), result=result, saliency=saliency)
         if error is not None:
             message = str(error.get("message", "prediction failed"))
             expected = error.get("exit_code") == 2  # a WSPError: its one line says everything
@@ -160,8 +165,10 @@ class PredictionJob:
 
 
 def createJob(scene, volumeNode, liverNode, workDir, *, segmentId=None, liverLabel: int = 0, model=None,
-              device: str = "auto", batchSize: int = 32, python: str | None = None, **callbacks) -> PredictionJob:
-    """Write the inputs into `workDir` and build the (not yet started) job; main thread only.
+              device: str = "auto", batchSize: int = 32, python: str | None = None, saliency: bool = False,
+              **callbacks) -> PredictionJob:
+    """Write the inputs into `workDir` and build the (not yet started) job; main thread only
+    (`saliency`: the child also writes the relevance map, loaded as a volume node at the end).
 
     Raises:
         InputError: bad inputs (nothing is written, the scene is unchanged).
@@ -171,7 +178,7 @@ def createJob(scene, volumeNode, liverNode, workDir, *, segmentId=None, liverLab
     try:
         ctPath, maskPath = process.writeInputs(volumeNode, liverNode, workDir / "inputs", segmentId, liverLabel)
         command = process.predictCommand(python or process.pythonExecutable(), ctPath, maskPath, workDir / "result",
-                                         model=model, device=device, batchSize=batchSize)
+                                         model=model, device=device, batchSize=batchSize, saliency=saliency)
         extraEnv = process.processEnvironment()
     except BaseException:
         shutil.rmtree(workDir, ignore_errors=True)

@@ -229,3 +229,45 @@ def _arrayFromImageData(imageData) -> np.ndarray:
 
 def _numpyFromVtkMatrix(matrix) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
+
+
+# Relevance map display: a perceptually ordered map that stays readable over grey CT, the map at
+# 40% opacity, values below 0.15 of the patient's peak left transparent (the CT shows through).
+SALIENCY_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+SALIENCY_RANGE = (0.0, 1.0)
+SALIENCY_LOWER_THRESHOLD = 0.15
+SALIENCY_OPACITY = 0.4
+
+
+def imageToVolumeNode(scene, image: sitk.Image, name: str, className: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node in world RAS (no parent transform) holding a SimpleITK image (LPS)."""
+    node = scene.AddNewNodeByClass(className, name)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    direction = RAS_TO_LPS @ np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    origin = rasToLps(image.GetOrigin())  # LPS <-> RAS is its own inverse
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, direction[r, c] * image.GetSpacing()[c])
+        matrix.SetElement(r, 3, origin[r])
+    node.SetIJKToRASMatrix(matrix)
+    return node
+
+
+def loadSaliencyVolume(scene, path, volumeNode):
+    """saliency.nii.gz of a prediction -> a scalar volume node beside the CT, set up for showing
+    as a coloured foreground (colour map, window 0..1, low values transparent)."""
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    name = f"{volumeNode.GetName()} WSP relevance" if volumeNode is not None else "WSP relevance"
+    node = imageToVolumeNode(scene, image, name)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        if scene.GetNodeByID(SALIENCY_COLOR_NODE_ID) is not None:
+            display.SetAndObserveColorNodeID(SALIENCY_COLOR_NODE_ID)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(*SALIENCY_RANGE)
+        display.SetApplyThreshold(1)
+        display.SetLowerThreshold(SALIENCY_LOWER_THRESHOLD)
+        display.SetUpperThreshold(SALIENCY_RANGE[1])
+    return node

@@ -59,6 +59,7 @@ class Outcome:
     message: str
     result: object = None
     detail: str | None = None
+    saliency: object = None  # the relevance-map volume node, when the run made one
 
 
 def trainerPythonPath() -> str:
@@ -98,8 +99,9 @@ def processEnvironment(environ: dict | None = None) -> dict[str, str]:
 
 
 def predictCommand(python: str, ctPath, maskPath, outDir, *, model=None, device: str = "auto",
-                   batchSize: int = 32) -> list[str]:
-    """argv of the child: the CLI's own predict command with JSON-lines progress.
+                   batchSize: int = 32, saliency: bool = False) -> list[str]:
+    """argv of the child: the CLI's own predict command with JSON-lines progress (and
+    --saliency: the relevance map saliency.nii.gz on the CT's grid).
 
     The mask file is already binary (1 = liver), hence --liver-label 1 whatever the bundle says,
     exactly as the in-process path (analysis.predict) does.
@@ -109,6 +111,8 @@ def predictCommand(python: str, ctPath, maskPath, outDir, *, model=None, device:
                "--progress", "jsonl"]
     if model is not None and str(model) not in ("", "."):
         command += ["--model", str(model)]
+    if saliency:
+        command.append("--saliency")
     return command
 
 
