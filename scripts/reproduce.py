@@ -12,8 +12,8 @@ sigma by default) in the same benchmark folder, reusing the pretrained encoders;
     python scripts/reproduce.py --config my.json --out DIR
 
 Writes OUT/cohort, OUT/cohort-global (the phantoms), OUT/benchmark and OUT/control (results.json,
-results.md, results.png, sigma.png, label_efficiency.png) and OUT/embedding.png. Interrupted? Run the same command again: finished grid cells
-are kept (`benchmark --resume`). The cohort is synthetic: its numbers say how the methods behave
+results.md, results.png, sigma.png, label_efficiency.png) and OUT/embedding.png. Interrupted? Run
+the same command again: finished grid cells are kept (`benchmark --resume`). The cohort is synthetic: its numbers say how the methods behave
 on phantoms, nothing about patients.
 """
 
@@ -140,6 +140,10 @@ def main() -> None:
     synth(cohort, config["synth"])
     benchmark(cohort, bench, b)
     sigma = chosen_sigma(bench, encoder)
+    grid = [float(x) for x in str(b.get("sigmas", "")).split(",") if x.strip()]
+    if sigma is None and grid:  # the monitor was undefined (too few held-out patients of a class)
+        sigma = grid[0]
+        print(f"reproduce: the weak-set monitor could not choose WSP's sigma; using the grid's first, {sigma:g}")
     sigma_text = "inf" if sigma is None or math.isinf(sigma) else f"{sigma:g}"
     print(f"reproduce: WSP sigma chosen on the weak-set monitors: {sigma_text}", flush=True)
     if "control" in config:  # the global phantom: the stage shows everywhere, position should not help

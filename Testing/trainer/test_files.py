@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from wsp_cirrhosis.errors import InputError
-from wsp_cirrhosis.files import staged_output_dir
+from wsp_cirrhosis.files import staged_output_dir, write_text_atomic
 
 
 def test_staged_folder_appears_only_on_success_with_the_users_permissions(tmp_path):
@@ -41,3 +41,13 @@ def test_failure_leaves_the_old_folder_and_no_partial_one(tmp_path):
     with staged_output_dir(out, force=True) as stage:
         (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+
+
+def test_atomic_file_gets_the_users_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

@@ -67,7 +67,7 @@ def plot_sigma(records: list[dict[str, Any]], path: Path) -> None:
             pts = [(s, *stats[(method, s, enc, prot)][:2]) for s in sig if (method, s, enc, prot) in stats]
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                            capsize=2, label=method)
+                            capsize=2, label=method, color=f"C{SIGMA_METHODS.index(method)}")
         sup = stats.get((SUPCON, None, enc, prot))
         if sup:
             ax.axhline(sup[0], color="k", lw=1, label="SupCon (σ = ∞)")
@@ -98,6 +98,9 @@ def plot_label_efficiency(records: list[dict[str, Any]], path: Path) -> None:
             ax.errorbar(xs, [curve[n][0] for n in curve], yerr=[curve[n][1] for n in curve], marker="o",
                         capsize=2, label=row_label(*row))
         ax.set_xscale("log")
+        ticks = sorted({round(x) for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
         ax.set(xlabel="histology patients the probe is trained on", ylabel="patient AUC (test folds)",
                ylim=(0.3, 1.02), title=f"{enc} {prot}")

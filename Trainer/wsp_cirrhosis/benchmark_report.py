@@ -173,6 +173,8 @@ def format_comparisons(records: list[dict[str, Any]], encoder: str, protocols: l
         for protocol in protocols:
             vs_none = paired(records, row, (BASELINE, None), encoder, protocol)
             vs_sup = None if row[0] == SUPCON else paired(records, row, (SUPCON, None), encoder, protocol)
+            if vs_none is None and vs_sup is None:  # e.g. a method that was not fine-tuned
+                continue
             lines.append(f"| {row_label(*row)} | {protocol} | {_fmt_diff(vs_none)} | {_fmt_diff(vs_sup)} |")
     return "\n".join(lines)
 

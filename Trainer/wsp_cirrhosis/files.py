@@ -27,6 +27,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file owner-only (0600); give it what any new file of the user gets
+        tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
