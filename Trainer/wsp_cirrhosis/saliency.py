@@ -163,14 +163,14 @@ class SaliencyResult:
 
 def crop_boxes(canonical: sitk.Image, liver: "LiverSlices") -> list[tuple[int, int, int, int, int]]:
     """(k, i0, i1, j0, j1) of each liver slice on the canonical grid: the crop of
-    `slices.extract_liver_slices`, recovered from its recorded centre and side (same rounding)."""
-    sx, sy = canonical.GetSpacing()[:2]
-    half_i, half_j = liver.crop_mm / (2 * sx), liver.crop_mm / (2 * sy)
+    `slices.extract_liver_slices`, recovered from its recorded centre and side."""
+    from .slices import square_crop  # slices imports torch; this module defers it
+
+    spacing = canonical.GetSpacing()[:2]
     boxes = []
     for center in liver.center_lps:
         ci, cj, ck = canonical.TransformPhysicalPointToContinuousIndex([float(c) for c in center])
-        boxes.append((int(round(ck)), int(np.floor(ci - half_i + 0.5)), int(np.floor(ci + half_i + 0.5)),
-                      int(np.floor(cj - half_j + 0.5)), int(np.floor(cj + half_j + 0.5))))
+        boxes.append((int(round(ck)), *square_crop(ci, cj, liver.crop_mm, spacing)))
     return boxes
 
 

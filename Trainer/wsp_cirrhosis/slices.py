@@ -50,6 +50,17 @@ def window_hu(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def square_crop(ci: float, cj: float, side_mm: float, spacing: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(i0, i1, j0, j1): voxel bounds of the square crop of side `side_mm` centred on index (ci, cj).
+
+    The one rounding rule for the liver crop: preprocessing cuts with it and relevance maps are
+    pasted back with it, so the two always agree to the voxel.
+    """
+    half_i, half_j = side_mm / (2 * spacing[0]), side_mm / (2 * spacing[1])
+    return (int(np.floor(ci - half_i + 0.5)), int(np.floor(ci + half_i + 0.5)),
+            int(np.floor(cj - half_j + 0.5)), int(np.floor(cj + half_j + 0.5)))
+
+
 def extract_liver_slices(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig) -> LiverSlices:
     """Cut the liver slices out of a canonical CT and its aligned binary mask.
 
@@ -69,9 +80,7 @@ def extract_liver_slices(image: sitk.Image, mask: sitk.Image, cfg: PreprocessCon
     # A square crop in mm keeps the anatomy's aspect ratio whatever the in-plane spacing.
     ci, cj = (cols[0] + cols[-1]) / 2.0, (rows[0] + rows[-1]) / 2.0
     side_mm = max((cols[-1] - cols[0] + 1) * sx, (rows[-1] - rows[0] + 1) * sy) + 2 * cfg.margin_mm
-    half_i, half_j = side_mm / (2 * sx), side_mm / (2 * sy)
-    i0, i1 = int(np.floor(ci - half_i + 0.5)), int(np.floor(ci + half_i + 0.5))
-    j0, j1 = int(np.floor(cj - half_j + 0.5)), int(np.floor(cj + half_j + 0.5))
+    i0, i1, j0, j1 = square_crop(ci, cj, side_mm, (sx, sy))
     crop = np.full((ks.size, j1 - j0, i1 - i0), cfg.window_min_hu, dtype=np.float32)
     sj0, sj1, si0, si1 = max(j0, 0), min(j1, ct.shape[1]), max(i0, 0), min(i1, ct.shape[2])
     crop[:, sj0 - j0:sj1 - j0, si0 - i0:si1 - i0] = ct[ks, sj0:sj1, si0:si1]
