@@ -54,7 +54,7 @@ def _entry_name(patient_id: str) -> str:
     return f"{safe}-{hashlib.sha256(patient_id.encode()).hexdigest()[:8]}"
 
 
-class _HashMemo:
+class HashMemo:
     """Content hashes remembered by (path, size, mtime) so unchanged inputs are not re-read."""
 
     def __init__(self, path: Path | None, table: dict | None = None):
@@ -119,7 +119,7 @@ def entry_key(record: PatientRecord, cfg: PreprocessConfig, image_sha: str, mask
         sort_keys=True).encode()).hexdigest()
 
 
-def fresh_meta(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: _HashMemo,
+def fresh_meta(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: HashMemo,
                hash_inputs: bool = True) -> dict | None:
     """The entry's metadata when it is complete and current, else None.
 
@@ -141,7 +141,7 @@ def open_entry(record: PatientRecord, meta: dict, cache_dir: Path) -> CachedPati
                          record.weak_label, record.histo_label, np.asarray(meta["z_mm"], np.float64))
 
 
-def build_entry(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: _HashMemo) -> dict:
+def build_entry(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: HashMemo) -> dict:
     """Build one patient's entry if missing or stale; return its metadata.
 
     Raises:
@@ -165,9 +165,9 @@ def build_entry(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, m
     return meta
 
 
-def cache_patient(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: _HashMemo | None = None) -> CachedPatient:
+def cache_patient(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, memo: HashMemo | None = None) -> CachedPatient:
     """Return the cached slices of one patient, building the entry if missing or stale."""
-    memo = memo or _HashMemo(cache_dir / "hashes.json")
+    memo = memo or HashMemo(cache_dir / "hashes.json")
     return open_entry(record, build_entry(record, cfg, cache_dir, memo), cache_dir)
 
 
@@ -203,7 +203,7 @@ def load_cohort(
     records = read_manifest(manifest, require=require, skip_bad=skip_bad)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(manifest)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    memo = _HashMemo(cache_dir / "hashes.json")
+    memo = HashMemo(cache_dir / "hashes.json")
     failed = build_cohort_cache(records, cfg, cache_dir, memo, workers, shard_ranks)
     patients, failures = [], []
     for record in records:

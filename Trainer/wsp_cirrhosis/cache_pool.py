@@ -23,7 +23,7 @@ from .manifest import PatientRecord
 from .progress import track
 
 if TYPE_CHECKING:
-    from .cache import _HashMemo
+    from .cache import HashMemo
 
 log = logging.getLogger("wsp_cirrhosis")
 
@@ -48,10 +48,10 @@ def _error_text(exc: BaseException) -> str:
 
 def _build_one(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, hashes: dict) -> tuple[dict, str | None, float]:
     """Worker task: build one entry; return (its input hashes, error text or None, CPU seconds)."""
-    from .cache import _HashMemo, build_entry
+    from .cache import HashMemo, build_entry
 
     start = time.process_time()
-    memo = _HashMemo(None, dict(hashes))
+    memo = HashMemo(None, dict(hashes))
     try:
         build_entry(record, cfg, cache_dir, memo)
     except Exception as exc:  # one bad patient must not stop the cohort: reported by the parent
@@ -86,7 +86,7 @@ def _completed(futures: dict[Future, PatientRecord]) -> Iterator[tuple[PatientRe
         yield record, hashes, error, cpu
 
 
-def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "_HashMemo",
+def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "HashMemo",
                   workers: int) -> dict[str, str]:
     """Build the missing or stale entries of `records` with `workers` processes; return {patient_id: error}."""
     from .cache import build_entry, fresh_meta
@@ -126,7 +126,7 @@ def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir
     return failures
 
 
-def build_cohort_cache(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "_HashMemo",
+def build_cohort_cache(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "HashMemo",
                        workers: int | None, shard_ranks: bool = False) -> dict[str, str]:
     """Build every entry of a cohort; with `shard_ranks` under torchrun, rank r builds records[r::world]
     and all ranks wait for each other (every rank must call this together).

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from .cache import _HashMemo, default_cache_dir
+from .cache import HashMemo, default_cache_dir
 from .errors import InputError
 from .manifest import PatientRecord, read_manifest
 
@@ -25,7 +25,7 @@ SHOWN = 10  # patients named in the error message; the rest are counted
 
 def image_hashes(records: Sequence[PatientRecord], cache_dir: Path) -> dict[str, str]:
     """{patient_id: content hash of its CT}, reusing (and updating) the cache's hash memo."""
-    memo = _HashMemo(Path(cache_dir) / "hashes.json")
+    memo = HashMemo(Path(cache_dir) / "hashes.json")
     missing = [str(r.image) for r in records if not Path(r.image).exists()]
     if missing:  # two missing files would share the hash of nothing
         raise InputError(f"{missing[0]}: image not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
