@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsp_cirrhosis.benchmark import Cell, parse_grid
+from wsp_cirrhosis.benchmark import Cell, finetune_config, parse_grid, pretrain_config
 from wsp_cirrhosis.benchmark_plots import plot_label_efficiency, plot_results, plot_sigma
 from wsp_cirrhosis.benchmark_report import aggregate, chosen_sigmas, format_table, paired
 from wsp_cirrhosis.benchmark_text import format_command
@@ -98,6 +98,16 @@ def test_sigma_is_chosen_on_the_weak_monitors_and_differences_are_seed_paired():
     d = paired(records, ("wsp", 0.4), ("supcon", None), "tinynet", "frozen_bands", n_boot=200)
     assert d["seeds"] == 1 and d["difference"] == pytest.approx(0.5)  # seed 1 of supcon has no wsp partner
     assert paired(records, ("wsp", 0.4), ("pcl", None), "tinynet", "frozen_bands") is None
+
+
+def test_cells_pretrain_with_the_benchmark_head_and_finetune_with_its_lr(tmp_path):
+    cfg = _cfg(lr=2e-3, finetune_lr=3e-4, finetune_epochs=7, seeds="4", sigmas="0.2")
+    cell = next(c for c in parse_grid(cfg) if c.method == "wsp")
+    pre = pretrain_config(cfg, cell, tmp_path / "run", n_patients=50)
+    assert pre.head_norm == "batch" and pre.train.lr == 2e-3 and pre.sigma == 0.2 and pre.slices_per_epoch == 50
+    assert pretrain_config(_cfg(head_norm="none"), cell, tmp_path / "run").head_norm == "none"
+    ft = finetune_config(cfg, 4)
+    assert (ft.lr, ft.epochs, ft.seed) == (3e-4, 7, 4)
 
 
 def test_command_line_lists_required_and_changed_flags_only():
@@ -196,3 +206,6 @@ def test_benchmark_grid_writes_results_and_resumes(cohort, tmp_path, capsys):
     # --resume with different numbers-changing settings is refused
     assert _bench(cohort, out, "--resume", "--cv-repeats", "3") == 2
     assert "--cv-repeats" in capsys.readouterr().err
+    assert _bench(cohort, out, "--resume", "--finetune-lr", "0.01", "--head-norm", "none") == 2
+    err = capsys.readouterr().err
+    assert "--finetune-lr" in err and "--head-norm" in err

@@ -33,7 +33,7 @@ log = logging.getLogger("wsp_cirrhosis")
 OUTPUTS = ("results.json", "results.md", "results.png", "sigma.png", "label_efficiency.png", "config.json")
 # Settings that change the numbers: a --resume with different values would mix incomparable cells.
 RESUME_FIELDS = ("weak", "strong", "epochs", "finetune_epochs", "finetune_slices", "folds", "cv_repeats", "bands",
-                 "label_sizes", "batch_size", "lr", "preprocess")
+                 "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr", "preprocess")
 
 __all__ = ["Cell", "parse_grid", "run_benchmark", "run_cell", "pretrain_config", "finetune_config"]
 
@@ -168,7 +168,9 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
                     n_patients: int | None = None) -> PretrainConfig:
     """Pretraining settings of a cell; a folder left without a checkpoint is started afresh.
 
-    An epoch is one pass over the ``n_patients`` weak patients (in slices); the paper's head; a
+    An epoch is one pass over the ``n_patients`` weak patients (in slices); the head's normalisation is
+    the benchmark's ``head_norm`` (BatchNorm by default: with the paper's plain head, short runs leave
+    SupCon and wide-sigma WSP at the collapsed loss, docs/training.md); a
     fixed `MONITOR_FRACTION` of the weak patients is held out for the monitors (the same patients
     in every cell: the split depends only on the weak labels), so every cell's monitors, and the
     sigma chosen from them, are measured on patients no encoder was trained on. The slice-level
@@ -177,7 +179,7 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
     extra: dict[str, Any] = {"sigma": cell.sigma} if cell.sigma is not None else {}
     return PretrainConfig(
         manifest=cfg.weak, out=run_path, method=cell.method, encoder=cell.encoder,
-        cache_dir=cfg.cache_dir, preprocess=cfg.preprocess, monitor_fraction=MONITOR_FRACTION, head_norm="none",
+        cache_dir=cfg.cache_dir, preprocess=cfg.preprocess, monitor_fraction=MONITOR_FRACTION, head_norm=cfg.head_norm,
         monitor_every=cfg.epochs, slices_per_epoch=max(1, n_patients or cfg.batch_size),
         train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cell.seed,
                           device=cfg.device, bf16=cfg.bf16, resume=resume, force=not resume),
@@ -186,9 +188,10 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
 
 
 def finetune_config(cfg: BenchmarkConfig, seed: int) -> TrainConfig:
-    """Fine-tuning settings of a cell: EvaluateConfig's defaults with the benchmark's epochs, seed, device."""
+    """Fine-tuning settings of a cell: EvaluateConfig's defaults with the benchmark's epochs, lr, seed, device."""
     default = next(f for f in dataclasses.fields(EvaluateConfig) if f.name == "train").default_factory()
-    return dataclasses.replace(default, epochs=cfg.finetune_epochs, seed=seed, device=cfg.device, bf16=cfg.bf16)
+    return dataclasses.replace(default, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=seed, device=cfg.device,
+                               bf16=cfg.bf16)
 
 
 def is_synthetic(manifest: Path) -> bool:

@@ -93,8 +93,9 @@ def _header(records: list[dict[str, Any]], cfg: BenchmarkConfig, cohort: dict[st
         f"- Machine: {machine_summary(cfg.device)}",
         f"- Wall time: {wall_s:.0f} s for this invocation; {compute:.0f} s of pretraining + evaluation over all cells",
         f"- Protocol: {cfg.folds}-fold stratified CV over patients × {_plural(cfg.cv_repeats, 'repeat')} "
-        f"(own fold seed each); pretraining {_plural(cfg.epochs, 'epoch')} (batch {cfg.batch_size}, lr {cfg.lr:g}), "
-        f"fine-tuning {_plural(cfg.finetune_epochs, 'epoch')} per fold"
+        f"(own fold seed each); pretraining {_plural(cfg.epochs, 'epoch')} (batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"{'BatchNorm' if cfg.head_norm == 'batch' else 'plain'} projection head), "
+        f"fine-tuning {_plural(cfg.finetune_epochs, 'epoch')} per fold (lr {cfg.finetune_lr:g})"
         + (f" ({cfg.finetune_slices} slices per patient and epoch)" if cfg.finetune_slices else "")
         + f"; images {cfg.preprocess.image_size} px; seeds {', '.join(map(str, seeds))}",
         f"- Loss: tau {_PRETRAIN_DEFAULTS.tau:g}; PCL window {_PRETRAIN_DEFAULTS.threshold:g}; WSP and positional run "

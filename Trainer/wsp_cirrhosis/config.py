@@ -279,7 +279,10 @@ class BenchmarkConfig:
                            "e.g. 10,20,40 (all is always there)")
     finetune_slices: int = opt(0, "fine-tuning slices drawn per patient and epoch (0 = all slices)")
     batch_size: int = opt(64, "pretraining batch size")
-    lr: float = opt(1e-4, "pretraining learning rate")
+    lr: float = opt(1e-3, "pretraining learning rate (the default recipe's; the paper's head needs ~1e-4)")
+    head_norm: str = opt("batch", "projection-head normalisation of every pretraining cell (see pretrain --head-norm)",
+                         choices=HEAD_NORMS)
+    finetune_lr: float = opt(1e-4, "fine-tuning learning rate (finetune protocol)")
     device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
     bf16: bool = opt(False, "bfloat16 autocast + channels_last")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside each manifest)")
