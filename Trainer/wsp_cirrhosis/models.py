@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import HEAD_NORMS
 from .errors import ConfigError
 
 
@@ -133,7 +134,6 @@ class ClassifierHead(nn.Module):
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"tinynet": TinyNet, "resnet18": ResNet18}
-HEAD_NORMS = ("batch", "none")
 CLASS_NAMES = ["no cirrhosis", "cirrhosis"]
 
 

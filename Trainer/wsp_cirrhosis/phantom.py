@@ -38,13 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .config import SYNTH_SIGNS
 from .phantom_shapes import Grid, bump, column, ellipse_sdf, ellipsoid, paint, random_fields, ribs, window
 
 # storage orientation -> is the canonical LPS array flipped along (x, y, z)? Same anatomy in all four.
 ORIENTATIONS: dict[str, tuple[bool, bool, bool]] = {
     "LPS": (False, False, False), "RAS": (True, True, False), "LPI": (False, False, True), "RAI": (True, True, True)}
 ORIENTATION_WEIGHTS = (0.4, 0.3, 0.2, 0.1)
-SIGNS = ("positional", "global", "none")
+SIGNS = SYNTH_SIGNS  # the values synth --signs accepts
 # positional signs: d ranges (plateau lo, hi) of the stage's sign and of its decoy, and magnitudes;
 # tuned against the audit gates of issue 10 (changing one changes every benchmark on this phantom)
 CAUDATE_SIGN_D, CAUDATE_DECOY_D = (0.45, 0.65), (0.74, 0.9)
