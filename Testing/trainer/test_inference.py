@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +187,32 @@ def test_cancel_after_first_batch_leaves_no_output(patient, bundle_dir, tmp_path
     assert len(batches) == 1
     assert list(tmp_path.iterdir()) == []  # neither OUT nor its hidden staging folder
 
+
+
+def test_sigterm_swallowed_where_it_landed_still_cancels_at_the_next_batch(patient, bundle_dir, tmp_path):
+    """The SIGTERM handler's exception surfaces wherever the main thread is; a __del__ method or a
+    library's broad `except` there would lose it. The progress callback plays that code here."""
+    batches, swallowed = [], []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def progress(fraction: float, message: str) -> None:
+        if message.startswith("model:"):
+            batches.append(message)
+            if len(batches) == 1:
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1.0)  # the handler runs here, within a few bytecodes
+                except Exception as exc:  # what careless code does with it
+                    swallowed.append(exc)
+
+    cfg = PredictConfig(ct=patient["ct"], out=tmp_path / "out", liver_mask=patient["mask"], model=bundle_dir,
+                        device="cpu", batch_size=2)
+    with pytest.raises(Cancelled, match="SIGTERM"):
+        run_predict(cfg, progress=progress)
+    assert [type(e) for e in swallowed] == [Cancelled], "the handler raised inside the callback"
+    assert len(batches) == 1, "the next batch's checkpoint saw the signal"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is back"
 
 def test_modified_bundle_is_refused(patient, bundle_dir, tmp_path):
     bad = shutil.copytree(bundle_dir, tmp_path / "bad-bundle")

@@ -145,7 +145,8 @@ def _autocast(device: "torch.device", cpu_bf16: bool = False) -> contextlib.Abst
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def _check_cancel(cancel: CancelFn | None) -> None:
+def check_cancel(cancel: CancelFn | None) -> None:
+    """Raise Cancelled when `cancel()` says so (the check itself may raise a more precise Cancelled)."""
     if cancel is not None and cancel():
         raise Cancelled("prediction cancelled")
 
@@ -192,7 +193,7 @@ class LoadedModel:
 
         if mask is None:
             check_mask_source(auto_mask)  # fail before reading a large CT
-        _check_cancel(cancel)
+        check_cancel(cancel)
         report(0.0, "reading the CT and the liver mask")
         with _timed(timings, "read_s"):
             image_path, image = _as_image(image, "image")
@@ -201,7 +202,7 @@ class LoadedModel:
                 cfg = dataclasses.replace(cfg, liver_label=None)  # the automatic mask is binary
             else:
                 mask_path, mask = _as_image(mask, "liver mask")
-        _check_cancel(cancel)
+        check_cancel(cancel)
         report(0.1, "preprocessing (orientation, liver slices)")
         from .slices import prepare_ct
 
@@ -253,7 +254,7 @@ class LoadedModel:
         lo, hi = _MODEL_SHARE
         with torch.inference_mode(), _autocast(self.device, self.bf16):
             for b, start in enumerate(range(0, n, batch_size)):
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 chunk = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
                 x = torch.from_numpy(chunk).unsqueeze(1).to(self.device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -327,7 +328,7 @@ def predict_patient(
         InputError: unreadable or inconsistent image / mask, or no mask.
         BundleError: bad bundle.  Cancelled: `cancel()` returned True.
     """
-    _check_cancel(cancel)
+    check_cancel(cancel)
     loaded = load_model(bundle, device, bf16)
     return loaded.predict(image, mask, batch_size=batch_size, liver_label=liver_label,
                           auto_mask=auto_mask, progress=progress, cancel=cancel)

@@ -16,10 +16,10 @@ import re
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import Cancelled, ConfigError, WSPError
-from .inference import CancelFn, PatientPrediction, ProgressFn, check_mask_source, load_model
+from .inference import CancelFn, PatientPrediction, ProgressFn, check_cancel, check_mask_source, load_model
 
 if TYPE_CHECKING:
     from .config import PredictConfig
@@ -31,6 +31,7 @@ PATIENT_FILES = {"prediction_json": "prediction.json", "slices_csv": "slices.csv
 # Message prefix -> stage of a "progress" event (the messages come from LoadedModel.predict).
 _STAGES = (("reading", "read"), ("preprocessing", "preprocess"), ("model", "model"), ("P(", "model"),
            ("loading", "load"), ("writing", "write"))
+TERMINATED = "terminated (SIGTERM); no output was written"
 
 
 def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> int:
@@ -53,7 +54,8 @@ def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel
         from .progress import progress_callback
 
         progress = progress_callback(cfg.progress, stage_of)
-    with terminate_as_cancel():
+    with terminate_as_cancel() as terminated:
+        cancel = cancel_or_terminated(cancel, terminated)
         if jsonl:  # pid: the process doing the work (a launcher such as PythonSlicer may sit in between)
             from . import __version__
             from .progress import PROTOCOL_VERSION, emit_event
@@ -77,14 +79,14 @@ def _run_single(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | N
     with staged_output_dir(cfg.out, cfg.force) as stage:
         prediction = loaded.predict(cfg.ct, cfg.liver_mask, batch_size=cfg.batch_size, liver_label=cfg.liver_label,
                                     auto_mask=cfg.auto_mask, progress=progress, cancel=cancel)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         files = dict(PATIENT_FILES)
         if saliency is not None:
             progress(0.97, "model: saliency maps (Grad-CAM)")
             files.update(saliency(stage, cfg.ct, cfg.liver_mask, prediction))
         progress(1.0, "writing the result files")
         write_patient_outputs(stage, prediction, image_path=cfg.ct, mask_path=cfg.liver_mask)
-        _check_cancel(cancel)
+        check_cancel(cancel)
     _say(f"{result_line(prediction)}; wrote {cfg.out}", jsonl)
     if jsonl:
         from .progress import emit_event
@@ -113,7 +115,7 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
     names: set[str] = set()
     with staged_output_dir(cfg.out, cfg.force) as stage, _prepared(cfg, loaded, records) as prepared:
         for i, (rec, liver, prep_error, prep_s) in enumerate(prepared):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             folder = folder_name(rec.patient_id, names)
             log.info("patient %d/%d: %s", i + 1, len(records), rec.patient_id)
 
@@ -153,7 +155,7 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
             if jsonl:
                 emit_event("patient", index=i, patient_id=rec.patient_id, folder=folder, **_result_fields(prediction))
         write_summary_csv(rows, stage / "summary.csv")
-        _check_cancel(cancel)
+        check_cancel(cancel)
     code = 1 if failed else 0
     if failed:
         listed = "\n  ".join(f"{pid}: {msg}" for pid, msg in failed)
@@ -217,24 +219,43 @@ def stage_of(message: str) -> str:
 
 
 @contextlib.contextmanager
-def terminate_as_cancel() -> Iterator[None]:
-    """While inside, SIGTERM raises Cancelled (exit 130), so staged output folders are removed.
+def terminate_as_cancel() -> Iterator[Callable[[], bool]]:
+    """While inside, SIGTERM raises Cancelled (exit 130), so staged output folders are removed;
+    yields `terminated()`, True once SIGTERM has arrived.
 
     Python's default SIGTERM action ends the process at once, which would leave the hidden
-    staging folder behind. Only the main thread can install handlers; elsewhere this does nothing.
+    staging folder behind. The handler's exception surfaces wherever the main thread happens to
+    be, and code that swallows exceptions there (a __del__ method, a library's broad `except`)
+    would lose it and let the run finish: `terminated` keeps the news for the next cancel
+    checkpoint (see `cancel_or_terminated`). Only the main thread can install handlers; elsewhere
+    this installs nothing and `terminated()` stays False.
     """
+    received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield
+        yield received.is_set
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Cancelled("terminated (SIGTERM); no output was written")
+        received.set()
+        raise Cancelled(TERMINATED)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received.is_set
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def cancel_or_terminated(cancel: CancelFn | None, terminated: Callable[[], bool]) -> CancelFn:
+    """A cancel check for LoadedModel.predict and this file's checkpoints: raises Cancelled(SIGTERM)
+    once `terminated()`, else asks the caller's `cancel` (None: never cancelled)."""
+
+    def check() -> bool:
+        if terminated():
+            raise Cancelled(TERMINATED)
+        return cancel is not None and cancel()
+
+    return check
 
 
 def folder_name(patient_id: str, taken: set[str]) -> str:
@@ -262,8 +283,3 @@ def _result_fields(p: PatientPrediction) -> dict[str, Any]:
 def _say(text: str, jsonl: bool) -> None:
     """A result line: stdout for people, stderr when stdout carries the JSON-lines protocol."""
     print(text, file=sys.stderr if jsonl else sys.stdout, flush=True)
-
-
-def _check_cancel(cancel: CancelFn | None) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("prediction cancelled")
