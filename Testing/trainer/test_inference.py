@@ -188,7 +188,6 @@ def test_cancel_after_first_batch_leaves_no_output(patient, bundle_dir, tmp_path
     assert list(tmp_path.iterdir()) == []  # neither OUT nor its hidden staging folder
 
 
-
 def test_sigterm_swallowed_where_it_landed_still_cancels_at_the_next_batch(patient, bundle_dir, tmp_path):
     """The SIGTERM handler's exception surfaces wherever the main thread is; a __del__ method or a
     library's broad `except` there would lose it. The progress callback plays that code here."""
@@ -213,6 +212,7 @@ def test_sigterm_swallowed_where_it_landed_still_cancels_at_the_next_batch(patie
     assert len(batches) == 1, "the next batch's checkpoint saw the signal"
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is back"
+
 
 def test_modified_bundle_is_refused(patient, bundle_dir, tmp_path):
     bad = shutil.copytree(bundle_dir, tmp_path / "bad-bundle")

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import Cancelled, ConfigError, WSPError
 from .inference import CancelFn, PatientPrediction, ProgressFn, check_cancel, check_mask_source, load_model
@@ -54,8 +54,7 @@ def run_predict(cfg: "PredictConfig", progress: ProgressFn | None = None, cancel
         from .progress import progress_callback
 
         progress = progress_callback(cfg.progress, stage_of)
-    with terminate_as_cancel() as terminated:
-        cancel = cancel_or_terminated(cancel, terminated)
+    with terminate_as_cancel(cancel) as cancel:
         if jsonl:  # pid: the process doing the work (a launcher such as PythonSlicer may sit in between)
             from . import __version__
             from .progress import PROTOCOL_VERSION, emit_event
@@ -219,20 +218,27 @@ def stage_of(message: str) -> str:
 
 
 @contextlib.contextmanager
-def terminate_as_cancel() -> Iterator[Callable[[], bool]]:
+def terminate_as_cancel(cancel: CancelFn | None = None) -> Iterator[CancelFn]:
     """While inside, SIGTERM raises Cancelled (exit 130), so staged output folders are removed;
-    yields `terminated()`, True once SIGTERM has arrived.
+    yields the cancel check for LoadedModel.predict and this file's checkpoints: it raises
+    Cancelled(SIGTERM) once SIGTERM has arrived, else asks `cancel` (None: never cancelled).
 
     Python's default SIGTERM action ends the process at once, which would leave the hidden
     staging folder behind. The handler's exception surfaces wherever the main thread happens to
-    be, and code that swallows exceptions there (a __del__ method, a library's broad `except`)
-    would lose it and let the run finish: `terminated` keeps the news for the next cancel
-    checkpoint (see `cancel_or_terminated`). Only the main thread can install handlers; elsewhere
-    this installs nothing and `terminated()` stays False.
+    be, and code that swallows exceptions there (a __del__ method, logging's handleError, a
+    library's broad `except`) would lose it and let the run finish: the yielded check keeps the
+    news for the next checkpoint. Only the main thread can install handlers; elsewhere this
+    installs nothing and only `cancel` is asked.
     """
     received = threading.Event()
+
+    def check() -> bool:
+        if received.is_set():
+            raise Cancelled(TERMINATED)
+        return cancel is not None and cancel()
+
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield received.is_set
+        yield check
         return
 
     def handler(signum: int, frame: Any) -> None:
@@ -241,21 +247,9 @@ def terminate_as_cancel() -> Iterator[Callable[[], bool]]:
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield received.is_set
+        yield check
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def cancel_or_terminated(cancel: CancelFn | None, terminated: Callable[[], bool]) -> CancelFn:
-    """A cancel check for LoadedModel.predict and this file's checkpoints: raises Cancelled(SIGTERM)
-    once `terminated()`, else asks the caller's `cancel` (None: never cancelled)."""
-
-    def check() -> bool:
-        if terminated():
-            raise Cancelled(TERMINATED)
-        return cancel is not None and cancel()
-
-    return check
 
 
 def folder_name(patient_id: str, taken: set[str]) -> str:
