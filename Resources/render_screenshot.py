@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "WSPCirrhosis"))
 
 
 def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> None:
-    from wsp_cirrhosis.report import read_prediction
+    from wsp_cirrhosis.inference.report import read_prediction
     from WSPCirrhosisLib import nodes, outputs, panel as module_panel
 
     p = read_prediction(prediction_dir / "prediction.json")

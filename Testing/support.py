@@ -76,11 +76,11 @@ def export_spread_bundle(ct_path, mask_path, preprocess, run_dir: Path, bundle_d
     """
     import torch
 
-    from wsp_cirrhosis.bundle import export_bundle
+    from wsp_cirrhosis.inference.bundle import export_bundle
     from wsp_cirrhosis.config import to_dict
-    from wsp_cirrhosis.models import build_encoder
-    from wsp_cirrhosis.slices import prepare_ct
-    from wsp_cirrhosis.models import SliceClassifier
+    from wsp_cirrhosis.models.encoders import build_encoder
+    from wsp_cirrhosis.data.slices import prepare_ct
+    from wsp_cirrhosis.models.heads import SliceClassifier
 
     torch.manual_seed(seed)
     model = SliceClassifier(build_encoder("tinynet"), "tinynet").eval()

@@ -210,7 +210,7 @@ class WSPCirrhosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     onFinished=self._onFinished, saliency=self.saliency.checked)
                 self.run.start(job)
         except Exception as exc:
-            from wsp_cirrhosis.errors import WSPError
+            from wsp_cirrhosis.inference import WSPError
 
             expected = (WSPError, dependencies.DependencyError, analysis.TrainerMissingError)
             detail = None if isinstance(exc, expected) else traceback.format_exc()
@@ -310,7 +310,7 @@ class WSPCirrhosisLogic(ScriptedLoadableModuleLogic):
         "cuda". model: bundle folder, None = bundled default. progress(fraction, message); cancel()
         returns True to stop between batches. scene: receives the nodes (default slicer.mrmlScene).
         Returns an AnalysisResult (.prediction, .probability, .sliceTable, .summaryTable, .chart,
-        .scoreSeries). Raises wsp_cirrhosis.errors.WSPError (InputError, BundleError, ConfigError,
+        .scoreSeries). Raises wsp_cirrhosis.inference.WSPError (InputError, BundleError, ConfigError,
         Cancelled), leaving the scene unchanged.
         """
         from WSPCirrhosisLib import analysis
@@ -352,7 +352,7 @@ class WSPCirrhosisTest(ScriptedLoadableModuleTest):
 
     def test_MissingInputsRaise(self):
         import numpy as np
-        from wsp_cirrhosis.errors import InputError
+        from wsp_cirrhosis.inference import InputError
         from WSPCirrhosisLib import analysis
 
         self.delayDisplay("Missing inputs give InputError and create no node")

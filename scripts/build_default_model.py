@@ -36,8 +36,8 @@ def write_model_card(bundle_dir: Path, args: argparse.Namespace, pretrain_run: P
     """MODEL.md beside the bundle: what it is, how it was made, what it must not be used for."""
     import torch
 
-    from wsp_cirrhosis.bundle import load_bundle
-    from wsp_cirrhosis.pretrain import monitor_summary
+    from wsp_cirrhosis.inference.bundle import load_bundle
+    from wsp_cirrhosis.training.pretrain import monitor_summary
 
     bundle = load_bundle(bundle_dir)
     meta = json.loads((bundle_dir / "bundle.json").read_text())

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from wsp_cirrhosis.cli import main as cli
-from wsp_cirrhosis.pretrain import monitor_summary
+from wsp_cirrhosis.training.pretrain import monitor_summary
 
 MARKER = ".wsp-demo"
 # The pretraining recipe that learns on 2 CPU cores (docs/training.md): BatchNorm head, lr 1e-3.

@@ -58,9 +58,9 @@ def embedding_figure(run_dir: Path, weak_csv: Path, image_size: int, out: Path, 
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    from wsp_cirrhosis.cache import load_cohort
+    from wsp_cirrhosis.data.preprocess import load_cohort
     from wsp_cirrhosis.config import PreprocessConfig
-    from wsp_cirrhosis.features import load_pretrained_encoder
+    from wsp_cirrhosis.models.features import load_pretrained_encoder
 
     _, encoder = load_pretrained_encoder(run_dir)
     encoder.eval()
@@ -97,8 +97,8 @@ def embedding_figure(run_dir: Path, weak_csv: Path, image_size: int, out: Path, 
 
 
 def chosen_sigma(bench: Path, encoder: str) -> float | None:
-    """WSP's sigma chosen on the weak set's held-out monitors (benchmark_report.chosen_sigmas), never on histology."""
-    from wsp_cirrhosis.benchmark_report import chosen_sigmas
+    """WSP's sigma chosen on the weak set's held-out monitors (benchmark.report.chosen_sigmas), never on histology."""
+    from wsp_cirrhosis.benchmark.report import chosen_sigmas
 
     records = json.loads((bench / "results.json").read_text())
     return chosen_sigmas(records, encoder).get("wsp")

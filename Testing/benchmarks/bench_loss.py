@@ -29,8 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from wsp_cirrhosis.files import write_text_atomic
-from wsp_cirrhosis.losses import contrastive_loss
-from wsp_cirrhosis.models import build_encoder, encoder_flops
+from wsp_cirrhosis.training.losses import contrastive_loss
+from wsp_cirrhosis.models.encoders import build_encoder, encoder_flops
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = [64, 256, 1024, 4096]

@@ -40,7 +40,7 @@ def write_phantom(folder: Path, size: int, slices: int) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from wsp_cirrhosis.synth import draw_params, make_phantom
+    from wsp_cirrhosis.phantom.synth import draw_params, make_phantom
 
     rng = np.random.default_rng(0)
     params = draw_params(4, rng)
@@ -55,10 +55,10 @@ def export_random_bundle(encoder_name: str, image_size: int, folder: Path) -> Pa
     """A bundle with random weights (timings do not depend on the weights' values)."""
     import torch
 
-    from wsp_cirrhosis.bundle import export_bundle
+    from wsp_cirrhosis.inference.bundle import export_bundle
     from wsp_cirrhosis.config import PreprocessConfig, to_dict
-    from wsp_cirrhosis.models import build_encoder
-    from wsp_cirrhosis.models import SliceClassifier
+    from wsp_cirrhosis.models.encoders import build_encoder
+    from wsp_cirrhosis.models.heads import SliceClassifier
 
     torch.manual_seed(0)
     model = SliceClassifier(build_encoder(encoder_name), encoder_name)
@@ -76,12 +76,12 @@ def run_case(data: Path, bundle: Path, out: Path) -> dict:
     """In this (fresh) process: run_predict on the CPU; timings, liver slices and peak RSS."""
     start = time.perf_counter()
     import matplotlib.backends.backend_agg  # noqa: F401  (imported lazily by report.plot_curve)
-    import wsp_cirrhosis.bundle  # noqa: F401  (torch, lazily imported by inference)
-    import wsp_cirrhosis.report  # noqa: F401
-    import wsp_cirrhosis.slices  # noqa: F401
-    import wsp_cirrhosis.train  # noqa: F401
+    import wsp_cirrhosis.inference.bundle  # noqa: F401  (torch, lazily imported by inference)
+    import wsp_cirrhosis.inference.report  # noqa: F401
+    import wsp_cirrhosis.data.slices  # noqa: F401
+    import wsp_cirrhosis.training.loop  # noqa: F401
     from wsp_cirrhosis.config import PredictConfig
-    from wsp_cirrhosis.predict import run_predict
+    from wsp_cirrhosis.inference.predict import run_predict
 
     imported = time.perf_counter()
     cfg = PredictConfig(ct=data / "ct.nii.gz", out=out, liver_mask=data / "liver.nii.gz", model=bundle, device="cpu",
@@ -135,7 +135,7 @@ def main() -> None:
         return
 
     from wsp_cirrhosis.files import write_text_atomic
-    from wsp_cirrhosis.models import encoder_flops
+    from wsp_cirrhosis.models.encoders import encoder_flops
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         work = Path(tmp)

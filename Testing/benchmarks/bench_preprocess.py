@@ -52,7 +52,7 @@ def run_case(manifest: Path, workers: int, cache: Path) -> dict:
     import SimpleITK as sitk
     import torch
 
-    from wsp_cirrhosis.cache import load_cohort
+    from wsp_cirrhosis.data.preprocess import load_cohort
     from wsp_cirrhosis.config import PreprocessConfig
 
     torch.set_num_threads(1)  # the 1-worker case runs here: one thread, like each pool worker
@@ -64,7 +64,7 @@ def run_case(manifest: Path, workers: int, cache: Path) -> dict:
     patients = load_cohort(manifest, PreprocessConfig(), cache_dir=cache, workers=workers)
     wall = time.perf_counter() - start
     # workers are children of the fork server, not of this process: their CPU time comes from the
-    # pool's own accounting (the log line of cache_pool.build_entries), plus this process's
+    # pool's own accounting (the log line of data.pool.build_entries), plus this process's
     cpu_workers = float(re.search(r"([\d.]+) CPU-s", seen.text).group(1)) if workers > 1 else 0.0
     cpu = cpu_workers + time.process_time() - own
     size = sum(p.stat().st_size for p in cache.iterdir() if p.suffix in (".npy", ".json") and p.name != "hashes.json")

@@ -44,7 +44,7 @@ def cold_in_process(data: Path) -> dict:
     """In this fresh process: imports + model load + predict, the inputs already in memory."""
     image, mask = read_inputs(data)
     start = time.perf_counter()
-    from wsp_cirrhosis.inference import load_model
+    from wsp_cirrhosis.inference.scoring import load_model
 
     loaded = load_model(None, "cpu")
     prediction = loaded.predict(image, mask, liver_label=1)
@@ -53,7 +53,7 @@ def cold_in_process(data: Path) -> dict:
 
 def child_process(image, mask, work: Path) -> dict:
     """Apply's path, timed at each step; returns seconds since the start of each mark."""
-    from wsp_cirrhosis.report import read_prediction
+    from wsp_cirrhosis.inference.report import read_prediction
     from WSPCirrhosisLib import process
 
     marks: dict[str, float] = {}
@@ -99,7 +99,7 @@ def main() -> None:
         write_phantom(work, args.size, args.slices)
         image, mask = read_inputs(work)
         load = [os.getloadavg()[0]]
-        from wsp_cirrhosis.inference import load_model
+        from wsp_cirrhosis.inference.scoring import load_model
 
         loaded = load_model(None, "cpu")
         warm, cold, child = [], [], []

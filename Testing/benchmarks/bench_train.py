@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from wsp_cirrhosis.cache import load_cohort
+from wsp_cirrhosis.data.preprocess import load_cohort
 from wsp_cirrhosis.cli import main as cli_main
 from wsp_cirrhosis.config import PreprocessConfig, PretrainConfig, TrainConfig
-from wsp_cirrhosis.data import PatientSampler, load_batch
+from wsp_cirrhosis.training.samplers import PatientSampler, load_batch
 from wsp_cirrhosis.files import write_text_atomic
 from wsp_cirrhosis.provenance import cpu_model
-from wsp_cirrhosis.pretrain import pretrain
+from wsp_cirrhosis.training.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [("tinynet", False, 1), ("tinynet", True, 1), ("resnet18", False, 1), ("resnet18", True, 1), ("tinynet", True, 4)]

@@ -27,7 +27,7 @@ from vtk.util import numpy_support  # noqa: E402
 from support import export_spread_bundle, flip_storage, make_ct  # noqa: E402
 from wsp_cirrhosis.config import PreprocessConfig  # noqa: E402
 from wsp_cirrhosis.errors import BundleError, Cancelled, InputError  # noqa: E402
-from wsp_cirrhosis.inference import predict_patient  # noqa: E402
+from wsp_cirrhosis.inference.scoring import predict_patient  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "WSPCirrhosis"
 sys.path.insert(0, str(MODULE_DIR))

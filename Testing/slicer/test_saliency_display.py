@@ -22,8 +22,8 @@ import vtk  # noqa: E402
 
 from support import export_spread_bundle, flip_storage, make_ct  # noqa: E402
 from wsp_cirrhosis.config import PreprocessConfig  # noqa: E402
-from wsp_cirrhosis.inference import PatientPrediction, SliceScore, load_model  # noqa: E402
-from wsp_cirrhosis.saliency import compute_saliency  # noqa: E402
+from wsp_cirrhosis.inference.scoring import PatientPrediction, SliceScore, load_model  # noqa: E402
+from wsp_cirrhosis.inference.saliency import compute_saliency  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "WSPCirrhosis"))
 

@@ -7,10 +7,10 @@ Public names (imported lazily, so `wsp-cirrhosis --help` does not load torch):
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "contrastive_loss": "losses",
-    "predict_patient": "inference",
-    "load_bundle": "bundle",
-    "prepare_ct": "slices",
+    "contrastive_loss": "training.losses",
+    "predict_patient": "inference.scoring",
+    "load_bundle": "inference.bundle",
+    "prepare_ct": "data.slices",
 }
 
 

@@ -20,17 +20,17 @@ from .errors import WSPError
 
 # command -> (config class, "module:function", one-line help)
 COMMANDS: dict[str, tuple[type, str, str]] = {
-    "synth": (config.SynthConfig, "synth:run_synth", "write a synthetic phantom cohort (CTs, liver masks, manifests)"),
-    "manifest": (config.ManifestConfig, "manifest_cmd:run_manifest", "folders of CTs (+ masks, + label table) -> cohort manifest and report"),
-    "lihc": (config.LihcConfig, "lihc:run_lihc", "TCGA-LIHC: the authors' dataframe_lihc.csv + their NIfTI files -> histology manifest"),
-    "audit": (config.AuditConfig, "audit:run_audit", "shortcut audit: cross-validated AUC of simple cues (volume, scanner, texture, ...)"),
-    "preprocess": (config.PreprocessCmdConfig, "cache:run_preprocess", "build the slice cache of a cohort (+ preview PNG)"),
-    "pretrain": (config.PretrainConfig, "pretrain:run_pretrain", "contrastive pretraining on weak labels (and slice position)"),
-    "finetune": (config.FinetuneConfig, "finetune:run_finetune", "train the slice classifier on histology labels"),
-    "evaluate": (config.EvaluateConfig, "evaluate:run_evaluate", "stratified k-fold patient-level AUC (frozen, finetune)"),
-    "benchmark": (config.BenchmarkConfig, "benchmark:run_benchmark", "method x encoder x seed grid -> results table and plot"),
-    "export": (config.ExportConfig, "bundle:run_export", "package a fine-tuned run as a model bundle"),
-    "predict": (config.PredictConfig, "predict:run_predict", "per-slice cirrhosis scores and the patient prediction"),
+    "synth": (config.SynthConfig, "phantom.synth:run_synth", "write a synthetic phantom cohort (CTs, liver masks, manifests)"),
+    "manifest": (config.ManifestConfig, "data.manifest_cmd:run_manifest", "folders of CTs (+ masks, + label table) -> cohort manifest and report"),
+    "lihc": (config.LihcConfig, "data.lihc:run_lihc", "TCGA-LIHC: the authors' dataframe_lihc.csv + their NIfTI files -> histology manifest"),
+    "audit": (config.AuditConfig, "evaluation.audit:run_audit", "shortcut audit: cross-validated AUC of simple cues (volume, scanner, texture, ...)"),
+    "preprocess": (config.PreprocessCmdConfig, "data.preprocess:run_preprocess", "build the slice cache of a cohort (+ preview PNG)"),
+    "pretrain": (config.PretrainConfig, "training.pretrain:run_pretrain", "contrastive pretraining on weak labels (and slice position)"),
+    "finetune": (config.FinetuneConfig, "training.finetune:run_finetune", "train the slice classifier on histology labels"),
+    "evaluate": (config.EvaluateConfig, "evaluation.evaluate:run_evaluate", "stratified k-fold patient-level AUC (frozen, finetune)"),
+    "benchmark": (config.BenchmarkConfig, "benchmark.run:run_benchmark", "method x encoder x seed grid -> results table and plot"),
+    "export": (config.ExportConfig, "inference.bundle:run_export", "package a fine-tuned run as a model bundle"),
+    "predict": (config.PredictConfig, "inference.predict:run_predict", "per-slice cirrhosis scores and the patient prediction"),
 }
 
 

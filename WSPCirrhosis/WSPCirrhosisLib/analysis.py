@@ -78,7 +78,7 @@ def importTrainer():
         TrainerMissingError: the package is not installed in this Python (message says how).
     """
     try:
-        from wsp_cirrhosis import inference
+        import wsp_cirrhosis.inference as inference
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "wsp_cirrhosis":
             raise TrainerMissingError(TRAINER_HELP) from None
@@ -151,7 +151,7 @@ def process(scene, volumeNode, liverNode, *, segmentId: str | None = None, liver
         AnalysisResult; the scene is unchanged when anything raises.
 
     Raises:
-        InputError, BundleError, ConfigError, Cancelled (all wsp_cirrhosis.errors.WSPError),
+        InputError, BundleError, ConfigError, Cancelled (all wsp_cirrhosis.inference.WSPError),
         TrainerMissingError.
     """
     image, mask = prepareInputs(volumeNode, liverNode, segmentId, liverLabel)

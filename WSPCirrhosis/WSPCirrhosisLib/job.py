@@ -144,7 +144,7 @@ class PredictionJob:
 
                     saliency = nodes.loadSaliencyVolume(self.scene, done["files"]["saliency_nii"], self.volumeNode)
             except Exception as exc:  # a bad result file is a failure of this run, shown like one
-                from wsp_cirrhosis.errors import WSPError
+                from wsp_cirrhosis.inference import WSPError
 
                 detail = None if isinstance(exc, WSPError) else traceback.format_exc()
                 return Outcome(JobState.FAILED, f"cannot read the result ({exc})", detail=detail)

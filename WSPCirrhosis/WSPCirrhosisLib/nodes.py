@@ -21,7 +21,7 @@ LIVER_SEGMENT_KEYWORDS = ("liver", "hepar")
 
 def inputError(message: str) -> Exception:
     """The trainer's InputError (imported lazily so this file loads without it)."""
-    from wsp_cirrhosis.errors import InputError
+    from wsp_cirrhosis.inference import InputError
 
     return InputError(message)
 
@@ -202,7 +202,7 @@ def _withBinaryLabelmap(segmentationNode):
 
 
 def _binarize(labels: sitk.Image, liverLabel: int, name: str) -> sitk.Image:
-    from wsp_cirrhosis.images import binarize_mask
+    from wsp_cirrhosis.inference import binarize_mask
 
     if liverLabel == 0:
         values = np.unique(sitk.GetArrayViewFromImage(labels))

@@ -278,6 +278,6 @@ def _signal(send: Callable[[], None]) -> None:
 
 def loadResult(scene, predictionJson, volumeNode, liverNode=None):
     """The child's prediction.json -> result nodes in `scene` (main thread); an AnalysisResult."""
-    from wsp_cirrhosis.report import read_prediction
+    from wsp_cirrhosis.inference import read_prediction
 
     return analysis.writeOutputs(scene, read_prediction(predictionJson), volumeNode, liverNode)

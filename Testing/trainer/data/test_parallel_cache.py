@@ -1,0 +1,95 @@
+"""Parallel preprocessing: a process pool writes the cache of one process byte for byte; a failing
+patient is reported while the others finish; under torchrun each rank builds its share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from support import make_ct
+from wsp_cirrhosis.data.preprocess import load_cohort
+from wsp_cirrhosis.cli import main
+from wsp_cirrhosis.config import PreprocessConfig
+from wsp_cirrhosis.errors import InputError
+
+CFG = PreprocessConfig(image_size=24)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Four readable patients (one stored as DICOM-free NRRD) and one whose mask is empty."""
+    rows = []
+    for i in range(5):
+        ct, mask = make_ct(seed=i, shape_zyx=(20 + 2 * i, 36, 40))
+        if i == 3:
+            mask = mask * 0  # empty mask: this patient cannot be preprocessed
+        suffix = ".nrrd" if i == 1 else ".nii.gz"
+        sitk.WriteImage(ct, str(tmp_path / f"ct{i}{suffix}"))
+        sitk.WriteImage(mask, str(tmp_path / f"mask{i}{suffix}"))
+        rows.append(f"p{i},ct{i}{suffix},mask{i}{suffix},{i % 2},")
+    path = tmp_path / "cohort.csv"
+    path.write_text("patient_id,image,liver_mask,weak_label,histo_label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".json")}
+
+
+def test_two_workers_write_the_one_worker_cache_byte_for_byte_and_report_the_failing_patient(cohort, tmp_path):
+    with pytest.raises(InputError, match=r"1 patient\(s\) could not be preprocessed:\n  p3: .*empty"):
+        load_cohort(cohort, CFG, cache_dir=tmp_path / "pool", workers=2)
+    assert len(list((tmp_path / "pool").glob("*.npy"))) == 4  # the others finished
+    one = load_cohort(cohort, CFG, cache_dir=tmp_path / "one", workers=1, skip_bad=True)
+    pool = load_cohort(cohort, CFG, cache_dir=tmp_path / "pool", workers=2, skip_bad=True)
+    assert [p.patient_id for p in pool] == [p.patient_id for p in one] == ["p0", "p1", "p2", "p4"]
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "pool")
+    assert sorted(a) == sorted(b) and len(a) == 9  # 4 x (.npy, .json) + hashes.json
+    assert [name for name in a if a[name] != b[name]] == []
+    assert all(len(p.slices) > 0 for p in pool)
+
+
+def test_preprocess_command_takes_workers(cohort, capsys):
+    assert main(["preprocess", "--manifest", str(cohort), "--workers", "2", "--image-size", "24", "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "4 patients" in out and "preview:" in out
+    assert main(["preprocess", "--manifest", str(cohort), "--workers", "-1"]) == 2
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+def test_torchrun_two_ranks_each_preprocess_their_share(cohort, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--manifest", str(cohort), "--image-size", "24", "--workers", "1", "--skip-bad"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "wsp_cirrhosis", "preprocess", *args, "--cache-dir", str(tmp_path / "ddp")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0/2: preprocessing its share, 3 of 5 patients" in done.stderr
+    assert "rank 1/2: preprocessing its share, 2 of 5 patients" in done.stderr
+    assert done.stdout.count("cached in") == 1  # rank 0 alone reports
+    load_cohort(cohort, CFG, cache_dir=tmp_path / "one", workers=1, skip_bad=True)
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) and [name for name in a if a[name] != b[name]] == []
+
+
+def test_prepared_patients_come_in_manifest_order_equal_to_prepare_ct_with_failures_reported(cohort):
+    from wsp_cirrhosis.data.pool import prepared_patients
+    from wsp_cirrhosis.data.manifest import read_manifest
+    from wsp_cirrhosis.data.slices import prepare_ct
+
+    records = read_manifest(cohort)
+    got = list(prepared_patients(records, CFG, workers=2))
+    assert [r.patient_id for r, *_ in got] == ["p0", "p1", "p2", "p3", "p4"]
+    assert [error is None for _, _, error, _ in got] == [True, True, True, False, True]
+    assert "empty" in got[3][2]
+    for record, liver, error, seconds in got:
+        if error is None:
+            direct = prepare_ct(record.image, record.liver_mask, CFG)
+            assert liver.slices.tobytes() == direct.slices.tobytes() and seconds > 0
+            assert (liver.slice_index == direct.slice_index).all()

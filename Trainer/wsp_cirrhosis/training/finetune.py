@@ -1,0 +1,143 @@
+"""`wsp-cirrhosis finetune`, and ``fit_classifier`` (the same training, no files) for evaluation.
+
+A SliceClassifier (encoder + linear head) is trained with BCE on the histology label of each
+slice, histology-balanced (``samplers.SliceSampler``); the patient probability is the mean of its
+slice probabilities, and the decision threshold is Youden's on the training patients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import FinetuneConfig, TrainConfig, to_dict
+from ..distributed import (
+    barrier,
+    cleanup_distributed,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_rank_zero,
+    resolve_device,
+)
+from ..errors import ConfigError, InputError
+from ..files import save_torch_atomic
+from ..models.calibration import youden_threshold
+from ..models.features import load_pretrained_encoder, patient_probabilities
+from ..models.heads import CLASS_NAMES, SliceClassifier
+from .checkpoints import create_run_dir, load_patients, read_metrics, resolve_resume
+from .loop import classifier_step, train_loop
+from .samplers import SliceSampler
+
+log = logging.getLogger("wsp_cirrhosis")
+
+
+def check_histology(patients: Sequence[Any], where: str) -> np.ndarray:
+    """(P,) int histology labels; InputError (naming ``where``) unless every patient has 0 or 1 and both occur."""
+    missing = [p.patient_id for p in patients if p.histo_label is None]
+    if missing:
+        raise InputError(f"{where}: {len(missing)} patient(s) have no histo_label (e.g. {', '.join(map(str, missing[:3]))})")
+    labels = np.array([int(p.histo_label) for p in patients])
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+    if n_pos == 0 or n_neg == 0 or n_pos + n_neg != len(labels):
+        raise InputError(f"{where}: fine-tuning needs histo_label 0 and 1 patients; found {n_pos} positive, "
+                         f"{n_neg} negative, {len(labels) - n_pos - n_neg} other")
+    return labels
+
+
+def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, freeze: bool, seed: int,
+              slices_per_patient: int | None, run_dir: Path | None, device: torch.device) -> SliceClassifier:
+    labels = check_histology(patients, str(run_dir or "fine-tuning"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SliceClassifier(encoder)
+    sampler = SliceSampler(labels, [len(p.slices) for p in patients], tcfg.batch_size, seed,
+                           slices_per_patient, True, get_rank(), get_world_size())
+    model.encoder.requires_grad_(not freeze)
+    params = list(model.head.parameters()) if freeze else list(model.parameters())
+
+    def step(net: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        return classifier_step(net, batch, gen, offset=sampler.rows.start, total=tcfg.batch_size, bf16=tcfg.bf16)
+
+    tcfg = dataclasses.replace(tcfg, seed=seed)
+    train_loop(model, params, sampler, patients, step, tcfg, device, run_dir, freeze, desc="finetune")
+    return model
+
+
+def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: TrainConfig, freeze: bool = False,
+                   seed: int | None = None, slices_per_patient: int | None = None) -> SliceClassifier:
+    """Train a SliceClassifier on histology labels (no files written; single process).
+
+    Args:
+        encoder: starting encoder; trained in place unless ``freeze``.
+        patients: CachedPatient-like objects with ``.histo_label`` in {0, 1} (both present).
+        train_cfg: epochs, batch size, lr, weight decay, device, bf16 (resume and force unused).
+        freeze: train the classifier head only (encoder in eval mode, no gradient).
+        seed: head init, sampling and augmentation seed (default ``train_cfg.seed``).
+        slices_per_patient: slices per patient per epoch (None: all).
+
+    Returns:
+        The classifier, in eval mode, on ``train_cfg.device``.
+    """
+    seed = train_cfg.seed if seed is None else seed
+    tcfg = dataclasses.replace(train_cfg, resume=False)
+    return _finetune(encoder, patients, tcfg, freeze, seed, slices_per_patient, None, resolve_device(train_cfg.device))
+
+
+def run_finetune(cfg: FinetuneConfig) -> int:
+    """`wsp-cirrhosis finetune`: fine-tune on histology, pick the threshold, write model.pt."""
+    from sklearn.metrics import roc_auc_score
+
+    resolve_device(cfg.train.device)
+    device = init_distributed(cfg.train.device)
+    try:
+        cfg = resolve_resume(cfg)
+        patients = load_patients(cfg.manifest, cfg.preprocess, cfg.cache_dir, "histo")
+        labels = check_histology(patients, str(cfg.manifest))
+        with torch.random.fork_rng(devices=[]):  # a random init is a function of the seed alone
+            torch.manual_seed(cfg.train.seed)
+            name, encoder = load_pretrained_encoder(cfg.init, cfg.encoder)
+        if cfg.init not in (None, "none") and name != cfg.encoder:
+            log.info("--init %s holds a %s encoder (--encoder %s ignored)", cfg.init, name, cfg.encoder)
+        if cfg.train.accumulate > 1:
+            log.warning("--accumulate applies to contrastive pretraining only; fine-tuning ignores it")
+        if cfg.train.batch_size % get_world_size():
+            raise ConfigError(f"--batch-size {cfg.train.batch_size} must be a multiple of the number of processes "
+                              f"({get_world_size()})")
+        run_dir = create_run_dir(cfg, "finetune")
+        model = _finetune(encoder, patients, cfg.train, cfg.freeze, cfg.train.seed, cfg.slices_per_patient or None,
+                          run_dir, device)
+        if is_rank_zero():
+            probs = patient_probabilities(model, patients, device, cfg.train.batch_size)
+            threshold = youden_threshold(labels, probs)
+            predicted = probs >= threshold
+            history = read_metrics(run_dir)
+            save_torch_atomic({
+                "encoder_name": name,
+                "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
+                "classifier_state": {k: v.cpu() for k, v in model.head.state_dict().items()},
+                "preprocess": to_dict(cfg.preprocess), "threshold": threshold, "class_names": list(CLASS_NAMES),
+                "training_summary": {
+                    "manifest": str(cfg.manifest), "n_patients": len(patients), "n_positive": int(labels.sum()),
+                    "n_negative": int((labels == 0).sum()), "n_slices": int(sum(len(p.slices) for p in patients)),
+                    "init": str(cfg.init or "none"), "freeze": cfg.freeze, "epochs": cfg.train.epochs,
+                    "seed": cfg.train.seed, "world_size": get_world_size(),
+                },
+                "metrics": {
+                    "train_auc": float(roc_auc_score(labels, probs)),
+                    "train_sensitivity": float(predicted[labels == 1].mean()),
+                    "train_specificity": float((~predicted[labels == 0]).mean()),
+                    "final_loss": history[-1]["loss"] if history else None,
+                },
+            }, run_dir / "model.pt")
+            log.info("fine-tuned model: %s (threshold %.3f)", run_dir / "model.pt", threshold)
+        barrier()
+        return 0
+    finally:
+        cleanup_distributed()
