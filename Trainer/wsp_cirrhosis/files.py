@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+
+log = logging.getLogger("wsp_cirrhosis")
 
 
 @contextlib.contextmanager
@@ -109,6 +114,35 @@ def _umask() -> int:
     return mask
 
 
+HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signals_held(what: str) -> Iterator[None]:
+    """Hold SIGTERM and SIGINT while inside: a commit (renames) is never cut in half.
+
+    A signal that arrives meanwhile is recorded, not acted on, and afterwards only logged: the
+    work it would have cancelled is complete and in place, so the run ends as a success (exit 0,
+    output present) rather than as a cancellation that left its output behind. The Python-level
+    handlers are swapped, not the signal mask: in a process with other threads (torch's) a
+    blocked main thread does not stop delivery. Only the main thread can set handlers; elsewhere
+    this holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            log.warning("%s arrived while %s; that finished, so the run ends normally",
+                        signal.Signals(signum).name, what)
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Build an output folder in a hidden sibling and move it into place only on success.
@@ -124,14 +158,15 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     stage.chmod(0o777 & ~_umask())
     try:
         yield stage
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(stage, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, path)
+        with signals_held(f"{path} was being moved into place"):
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(stage, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(stage, path)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -94,6 +94,38 @@ def test_predict_saliency_writes_the_files_and_records_them(patient, bundle_dir,
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_predict_saliency_preprocesses_the_ct_once_and_maps_what_compute_saliency_maps(patient, bundle_dir, tmp_path,
+                                                                                        monkeypatch):
+    import wsp_cirrhosis.data.slices as slices_module
+
+    expected = sitk.GetArrayFromImage(compute_saliency(load_model(bundle_dir, "cpu"), patient["ct"],
+                                                       patient["mask"]).volume)
+    calls = []
+    real = slices_module.prepare_ct
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slices_module, "prepare_ct", counting)
+    for batch in (False, True):
+        calls.clear()
+        out = tmp_path / f"pred_{batch}"
+        if batch:  # a cohort CSV, one process (the worker path prepares in another process)
+            csv = tmp_path / "cohort.csv"
+            csv.write_text(f"patient_id,image,liver_mask,weak_label,histo_label\np1,{patient['ct']},{patient['mask']},,\n")
+            args = ["predict", str(csv), "--workers", "1"]
+            folder = out / "p1"
+        else:
+            args = ["predict", str(patient["ct"]), "--liver-mask", str(patient["mask"])]
+            folder = out
+        assert main([*args, "--model", str(bundle_dir), "--out", str(out), "--device", "cpu", "--saliency",
+                     "--progress", "none"]) == 0
+        assert len(calls) == 1, f"prepare_ct ran {len(calls)} times (batch={batch})"
+        got = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "saliency.nii.gz")))
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 class _MLPEncoder(nn.Module):
     feature_dim = 8
 

@@ -203,24 +203,23 @@ def compute_saliency(loaded: "LoadedModel", image: "ImageInput", mask: "ImageInp
                      batch_size: int = 16, cancel: Optional[Callable[[], bool]] = None) -> SaliencyResult:
     """Grad-CAM of every liver slice of one CT, on the CT's grid (see the module docstring).
 
+    Reads and preprocesses the CT (`LoadedModel.prepare`); `saliency_of_slices` starts from
+    slices already prepared (what `predict --saliency` does, so the CT is preprocessed once).
+
     Raises:
         InputError: an encoder without conv layers, unreadable CT / mask, no liver slice.
     """
-    import dataclasses
-
-    from ..data.images import read_image
-    from ..data.slices import prepare_ct
-
     check_saliency_supported(loaded.model)
-    cfg = loaded.bundle.preprocess
-    if liver_label is not None:
-        cfg = dataclasses.replace(cfg, liver_label=liver_label)
     if mask is None:
         raise InputError("--saliency: needs the liver mask (--liver-mask)")
-    image_path = None
-    if not isinstance(image, sitk.Image):
-        image_path, image = Path(image), read_image(Path(image))
-    liver = prepare_ct(image, mask if isinstance(mask, sitk.Image) else Path(mask), cfg, image_path=image_path)
+    liver, ct, _ = loaded.prepare(image, mask, liver_label=liver_label, cancel=cancel)
+    return saliency_of_slices(loaded, liver, ct, batch_size=batch_size, cancel=cancel)
+
+
+def saliency_of_slices(loaded: "LoadedModel", liver: "LiverSlices", image: sitk.Image, *, batch_size: int = 16,
+                       cancel: Optional[Callable[[], bool]] = None) -> SaliencyResult:
+    """Grad-CAM of the prepared liver slices of `image` (the CT as read), mapped onto its grid."""
+    check_saliency_supported(loaded.model)
     cams = grad_cam(loaded.model, liver.slices, loaded.device, batch_size, cancel)
     peak = float(cams.max())
     cams = cams / peak if peak > 0 else cams
@@ -254,14 +253,14 @@ def plot_saliency(result: SaliencyResult, scores: Sequence[float], path: str | o
     return Path(path)
 
 
-def write_saliency(folder: Path, loaded: "LoadedModel", image: "ImageInput", mask: "ImageInput", prediction: Any, *,
-                   liver_label: int | None = None, batch_size: int = 16,
-                   cancel: Optional[Callable[[], bool]] = None) -> dict[str, str]:
-    """saliency.nii.gz + saliency.png into `folder`; records their names in `prediction.extra`."""
+def write_saliency(folder: Path, loaded: "LoadedModel", liver: "LiverSlices", image: sitk.Image, prediction: Any, *,
+                   batch_size: int = 16, cancel: Optional[Callable[[], bool]] = None) -> dict[str, str]:
+    """saliency.nii.gz + saliency.png into `folder` from the prepared slices of `image` (the CT as
+    read); records their names in `prediction.extra`."""
     from ..files import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    result = compute_saliency(loaded, image, mask, liver_label=liver_label, batch_size=batch_size, cancel=cancel)
+    result = saliency_of_slices(loaded, liver, image, batch_size=batch_size, cancel=cancel)
     with atomic_path(folder / SALIENCY_FILES["saliency_nii"]) as tmp:
         sitk.WriteImage(result.volume, str(tmp) + ".nii.gz", True)
         os.replace(str(tmp) + ".nii.gz", tmp)

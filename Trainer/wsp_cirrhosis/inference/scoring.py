@@ -178,9 +178,34 @@ class LoadedModel:
         """Score one patient; see `predict_patient` for the arguments."""
         if batch_size < 1:
             raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
-        report = progress or (lambda fraction, message: None)
         timings: dict[str, float] = {"load_model_s": self.load_s}
         start = time.perf_counter()
+        prepared = self.prepare(image, mask, liver_label=liver_label, auto_mask=auto_mask, progress=progress,
+                                cancel=cancel, timings=timings)
+        liver, mask_path = prepared[0], prepared[2]
+        del prepared, image, mask  # the full volumes are no longer needed: free them before the model runs
+        return self.predict_slices(liver, batch_size=batch_size, progress=progress, cancel=cancel,
+                                   timings=timings, mask_name=str(mask_path or "liver mask"), start=start)
+
+    def prepare(
+        self,
+        image: ImageInput,
+        mask: ImageInput | None = None,
+        *,
+        liver_label: int | None = None,
+        auto_mask: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple["LiverSlices", sitk.Image, Optional[Path]]:
+        """Read and preprocess one CT with this bundle's settings (`slices.prepare_ct`, once).
+
+        Returns (liver slices, the CT as read, the mask's path or None). `predict` is `prepare`
+        then `predict_slices`; `predict --saliency` keeps the CT to map its Grad-CAM back onto
+        the CT's grid without preprocessing a second time. `timings` gets read_s, preprocess_s.
+        """
+        report = progress or (lambda fraction, message: None)
+        timings = {} if timings is None else timings
         cfg = self.bundle.preprocess
         if liver_label is not None:
             cfg = dataclasses.replace(cfg, liver_label=liver_label)
@@ -202,9 +227,7 @@ class LoadedModel:
 
         with _timed(timings, "preprocess_s"):
             liver = prepare_ct(image, mask, cfg, image_path=image_path, mask_path=mask_path)
-        del image, mask  # the full volumes are no longer needed: free them before the model runs
-        return self.predict_slices(liver, batch_size=batch_size, progress=report, cancel=cancel,
-                                   timings=timings, mask_name=str(mask_path or "liver mask"), start=start)
+        return liver, image, mask_path
 
     def predict_slices(self, liver: "LiverSlices", *, batch_size: int = 32, progress: ProgressFn | None = None,
                        cancel: CancelFn | None = None, timings: dict[str, float] | None = None,
