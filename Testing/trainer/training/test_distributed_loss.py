@@ -60,8 +60,10 @@ def _worker(rank: int, port: int, batch: dict, out_dir: str) -> None:
         loss = contrastive_loss(z1, z2, labels, positions, method="wsp", **PARAMS)
         loss.backward()
         out["ddp"] = (loss.detach(), layer.weight.grad.clone(), layer.bias.grad.clone())
-        distributed.barrier()
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        # both ranks leave together: a rank that tears its gloo pairs down while the other is still
+        # busy can abort the other ("terminate called without an active exception", seen once)
+        distributed.barrier()
     finally:
         distributed.cleanup_distributed()
 
