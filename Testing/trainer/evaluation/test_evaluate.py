@@ -12,15 +12,9 @@ import pytest
 from conftest_train import make_cohort
 from wsp_cirrhosis.cli import main
 from wsp_cirrhosis.errors import ConfigError, InputError
-from wsp_cirrhosis.evaluation.evaluate import (
-    fold_metrics,
-    frozen_fold_scores,
-    mean_std,
-    parse_protocols,
-    roc_png_path,
-    split_folds,
-    youden_threshold,
-)
+from wsp_cirrhosis.evaluation.evaluate import fold_metrics, mean_std, parse_protocols, roc_png_path, split_folds
+from wsp_cirrhosis.evaluation.probes import frozen_fold_scores
+from wsp_cirrhosis.models.calibration import youden_threshold
 
 # ------------------------------------------------------------------ pure parts, hand-made data
 

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluate import _finetune_fold_scores, _load_encoder, fold_metrics, frozen_fold_scores, mean_std, split_folds
+from .evaluate import _finetune_fold_scores, _load_encoder, fold_metrics, mean_std, split_folds
+from .probes import frozen_fold_scores
 from .protocols import DEFAULT_BANDS, FROZEN_PROTOCOLS, label_subset, patient_features, slice_features
 
 log = logging.getLogger("wsp_cirrhosis")

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..models.calibration import youden_threshold  # noqa: F401  (re-exported for crossval, tests)
-from .probes import frozen_fold_scores  # noqa: F401  (re-exported for crossval, tests)
+from ..models.calibration import youden_threshold
+from .probes import frozen_fold_scores
 
 log = logging.getLogger("wsp_cirrhosis")
 

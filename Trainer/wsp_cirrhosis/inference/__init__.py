@@ -9,10 +9,10 @@ The names below are the Slicer module's whole view of the trainer, imported lazi
 
 from __future__ import annotations
 
-_API = {
-    "predict_patient": "scoring", "load_model": "scoring", "PatientPrediction": "scoring",
-    "SliceScore": "scoring", "image_from_array": "scoring", "default_bundle_path": "bundle",
-    "read_prediction": "report", "binarize_mask": "..data.images",
+_API = {  # name -> the module defining it, relative to this package
+    "predict_patient": ".scoring", "load_model": ".scoring", "PatientPrediction": ".scoring",
+    "SliceScore": ".scoring", "image_from_array": ".scoring", "default_bundle_path": ".bundle",
+    "read_prediction": ".report", "binarize_mask": "..data.images",
     "WSPError": "..errors", "InputError": "..errors", "BundleError": "..errors",
     "ConfigError": "..errors", "Cancelled": "..errors",
 }
@@ -22,9 +22,7 @@ def __getattr__(name: str):
     if name in _API:
         import importlib
 
-        target = _API[name]
-        module = target if target.startswith(".") else "." + target
-        return getattr(importlib.import_module(module, __name__), name)
+        return getattr(importlib.import_module(_API[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
