@@ -170,6 +170,8 @@ class PretrainConfig:
                          "losses leave the collapsed start, docs/training.md) or none (the paper's)", choices=HEAD_NORMS)
     slices_per_epoch: int = opt(2000, "slices per epoch (the paper: 10000); steps per epoch = this / --batch-size, "
                                 "rounded up")
+    slices: int = opt(0, "training budget in slices seen (0 = --epochs x --slices-per-epoch): sets --epochs to "
+                      "ceil(slices / slices per epoch), so runs of any batch size compare at an equal budget")
     position_groups: int = opt(0, "0 = each patient's slice drawn uniformly; G > 0 = every batch in G groups that "
                                "share a slice position (close-position partners; docs/training.md)")
     monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
@@ -192,31 +194,10 @@ class PretrainConfig:
         _check_range("tau", self.tau, 0.0, strict_lo=True)
         _check_range("threshold", self.threshold, 0.0, 1.0, strict_lo=True)
         _check_range("slices_per_epoch", self.slices_per_epoch, 1)
+        _check_range("slices", self.slices, 0)
         _check_range("monitor_fraction", self.monitor_fraction, 0.0, 0.5)
         _check_range("monitor_every", self.monitor_every, 1)
         _check_range("position_groups", self.position_groups, 0, 64)
-
-
-# --recipe paper: the paper's settings (method.md, "Batches, augmentations, models"); the
-# augmentations of each recipe are augment.AUGMENTS[recipe].
-PAPER_RECIPE: dict[str, Any] = {"lr": 1e-5, "weight_decay": 1e-5, "epochs": 40, "batch_size": 64,
-                                "slices_per_epoch": 10000, "head_norm": "none"}
-
-
-def apply_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
-    """``cfg`` with its recipe's settings; also the flags the recipe overrode (``--lr 0.001 -> 1e-05``).
-
-    The default recipe keeps the flags as given.
-    """
-    if cfg.recipe != "paper":
-        return cfg, []
-    train_keys = ("lr", "weight_decay", "epochs", "batch_size")
-    current = {**{k: getattr(cfg.train, k) for k in train_keys},
-               **{k: getattr(cfg, k) for k in PAPER_RECIPE if k not in train_keys}}
-    changed = [f"--{k.replace('_', '-')} {current[k]} -> {v}" for k, v in PAPER_RECIPE.items() if current[k] != v]
-    train = dataclasses.replace(cfg.train, **{k: PAPER_RECIPE[k] for k in train_keys})
-    rest = {k: v for k, v in PAPER_RECIPE.items() if k not in train_keys}
-    return dataclasses.replace(cfg, train=train, **rest), changed
 
 
 @dataclass(frozen=True)
@@ -268,7 +249,9 @@ class BenchmarkConfig:
     encoders: str = opt("tinynet", "comma-separated encoders")
     seeds: str = opt("0,1,2", "comma-separated seeds")
     sigmas: str = opt("", "sigma grid of wsp and positional, e.g. 0.05,0.1,0.2,0.4,0.85 (empty: their default sigma)")
-    epochs: int = opt(10, "pretraining epochs")
+    epochs: int = opt(10, "pretraining epochs (one epoch = as many slices as weak patients)")
+    slices: int = opt(0, "pretraining budget in slices seen, the same for every cell (0 = --epochs passes)")
+    position_groups: int = opt(0, "pretraining batches in G groups sharing a slice position (see pretrain)")
     finetune_epochs: int = opt(5, "fine-tuning epochs per fold")
     folds: int = opt(5, "stratified folds over patients")
     cv_repeats: int = opt(1, "repeats of the stratified k-fold split, each with its own fold seed")

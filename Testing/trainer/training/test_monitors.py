@@ -108,3 +108,33 @@ def test_monitors_rise_with_a_learnable_signal_and_stay_at_chance_without(shuffl
         assert knn_last < 0.5 and excess > 0.95  # chance is 1/3; the loss cannot leave the collapsed value
     else:
         assert knn_last > 0.65 and knn_last > knn_first + 0.1 and excess < 0.9
+
+
+def test_weak_band_probe_reads_a_sign_that_sits_in_one_band_and_not_noise():
+    from wsp_cirrhosis.training.monitors import MonitorSet, weak_band_auc
+
+    rng = np.random.default_rng(0)
+    n_patients, per = 60, 12
+    weak = np.arange(n_patients) % 3
+    patients = np.repeat(np.arange(n_patients), per)
+    positions = np.tile(np.linspace(0, 1, per), n_patients)
+    labels = weak[patients]
+    held = MonitorSet(np.zeros((len(patients), 1, 1), np.float32), labels, positions, patients)
+    noise = rng.standard_normal((len(patients), 8))
+    sign = noise.copy()
+    in_band = (positions >= 0.25) & (positions < 0.5)
+    sign[:, 0] += 3.0 * (labels == 2) * in_band  # the sign: one feature, only on slices of one band
+    assert weak_band_auc(sign, held) > 0.9
+    assert abs(weak_band_auc(noise, held) - 0.5) < 0.2
+
+
+def test_did_not_learn_rule_overrides_the_probe():
+    from wsp_cirrhosis.benchmark.report import learned_verdict
+    from wsp_cirrhosis.training.monitors import DID_NOT_LEARN_EXCESS, learned_objective
+
+    assert DID_NOT_LEARN_EXCESS == 0.95
+    assert learned_objective(0.97) is False and learned_objective(0.95) is False and learned_objective(0.7) is True
+    assert learned_objective(None) is None and learned_objective(float("nan")) is None
+    assert learned_verdict(False, 0.98, 0.2).startswith("no: loss excess")  # a probe gain does not save it
+    assert learned_verdict(False, 0.6, 0.2) == "yes" and learned_verdict(False, 0.6, 0.01) == "no clear gain"
+    assert learned_verdict(True, None, math.nan) == "(reference)"

@@ -129,3 +129,25 @@ def test_leaving_prefetch_early_stops_its_thread():
             break
     time.sleep(0.3)
     assert threading.active_count() == before
+
+
+def _close_partners(labels, n_slices, batches, window=0.05):
+    """Mean, over anchors, of the same-label slices of other patients within `window` of the anchor's relative d."""
+    counts = []
+    for patients, slices in batches:
+        rel = slices / (np.asarray(n_slices)[patients] - 1)
+        y = np.asarray(labels)[patients]
+        close = (np.abs(rel[:, None] - rel[None, :]) < window) & (y[:, None] == y[None, :])
+        counts.extend(close.sum(1) - 1)  # minus the anchor itself
+    return float(np.mean(counts))
+
+
+def test_position_groups_multiply_same_label_partners_at_the_anchors_height():
+    rng = np.random.default_rng(0)
+    labels, n_slices = np.arange(300) % 3, rng.integers(40, 90, 300)
+    uniform = _sampler(labels, n_slices, batch_size=64, steps_per_epoch=20).epoch(0)
+    grouped = _sampler(labels, n_slices, batch_size=64, steps_per_epoch=20, position_groups=4).epoch(0)
+    # uniform d: P(|du| < 0.05) ~ 0.1, so ~ 63 / 3 * 0.1 ~ 2 partners; grouped: the 16 rows of a group
+    # share d (to rounding), ~ 15 / 3 = 5 of them with the anchor's label
+    base, stratified = _close_partners(labels, n_slices, uniform), _close_partners(labels, n_slices, grouped)
+    assert 1.0 < base < 3.0 and stratified > 4.0 and stratified > 2 * base

@@ -17,7 +17,8 @@ import wsp_cirrhosis.training.loop as train
 from conftest_train import fake_patients, rewrite_manifest, run_states, shared_cohort
 from wsp_cirrhosis.training.augment import AUGMENTS, PAPER_AUGMENT
 from wsp_cirrhosis.cli import main
-from wsp_cirrhosis.config import METHODS, PretrainConfig, TrainConfig, apply_recipe
+from wsp_cirrhosis.config import METHODS, PretrainConfig, TrainConfig
+from wsp_cirrhosis.training.recipes import apply_recipe
 from wsp_cirrhosis.models.features import (
     load_pretrained_encoder,
     patient_probabilities,
@@ -66,7 +67,7 @@ def test_pretrain_one_epoch_writes_the_run_folder(method, tmp_path):
                          monitor_fraction=0.0, train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
     run = pretrain_mod.pretrain(cfg, fake_patients(8, size=16))
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "encoder.pt", "metrics.jsonl"]
-    saved = json.loads((run / "config.json").read_text())
+    saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["command"] == "pretrain" and saved["config"]["method"] == method
     assert {"software_versions", "git_revision", "command_line", "created"} <= saved.keys()
     (line,) = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -263,3 +264,27 @@ def test_slices_per_epoch_sets_the_steps_per_epoch(tmp_path):
     run = pretrain_mod.pretrain(cfg, fake_patients(6, size=16))
     (line,) = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert line["step"] == 3  # ceil(10 / 4), whatever the cohort size
+
+
+def test_slices_budget_sets_the_epochs_and_a_run_draws_that_many_slices(tmp_path):
+    import dataclasses
+    import json
+
+    from conftest_train import fake_patients
+    from wsp_cirrhosis.training.pretrain import pretrain
+    from wsp_cirrhosis.training.recipes import apply_budget, slices_seen
+
+    base = PretrainConfig(manifest=Path("w.csv"), out=tmp_path / "run", slices_per_epoch=100, slices=450,
+                          monitor_fraction=0.0, train=TrainConfig(epochs=99, batch_size=8, device="cpu"))
+    cfg = apply_budget(base)
+    assert cfg.train.epochs == 5  # ceil(450 / 100)
+    assert 450 <= slices_seen(cfg) < 450 + 5 * 8  # at most one batch per epoch of rounding
+    assert apply_budget(dataclasses.replace(base, slices=0)).train.epochs == 99
+    wide = apply_budget(dataclasses.replace(base, train=dataclasses.replace(base.train, batch_size=32)))
+    assert wide.train.epochs == 5 and 450 <= slices_seen(wide) < 450 + 5 * 32  # equal budget at any batch size
+    small = dataclasses.replace(base, slices=160, train=dataclasses.replace(base.train, batch_size=4))
+    run = pretrain(small, fake_patients(12))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 2 and saved["slices_per_epoch"] == 80  # 2 epochs x 20 steps x 4 = 160
+    assert lines[-1]["step"] == 2 * 20

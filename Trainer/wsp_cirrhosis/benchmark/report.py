@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import PretrainConfig
 from ..evaluation.evaluate import mean_std
+from ..training.monitors import DID_NOT_LEARN_EXCESS, learned_objective
 from .grid import BASELINE, SIGMA_METHODS, SUPCON, row_label, sigma_from_json
 
 _PRETRAIN_DEFAULTS = PretrainConfig(manifest=Path("-"), out=Path("-"))
@@ -97,6 +98,19 @@ def chosen_sigmas(records: list[dict[str, Any]], encoder: str) -> dict[str, floa
     return out
 
 
+def learned_verdict(baseline: bool, last_excess: float | None, band_gain: float) -> str:
+    """The table's *learned?* cell. A loss excess ending >= DID_NOT_LEARN_EXCESS means the encoder did not
+    learn its own objective, whatever the probe says; otherwise "yes" needs the weak band-probe >= 0.05
+    above random init's."""
+    if baseline:
+        return "(reference)"
+    if learned_objective(last_excess) is False:
+        return f"no: loss excess ≥ {DID_NOT_LEARN_EXCESS:g}"
+    if not math.isfinite(band_gain):
+        return ""
+    return "yes" if band_gain >= 0.05 else "no clear gain"
+
+
 def format_monitors(records: list[dict[str, Any]]) -> str:
     """Per cell (mean over seeds): slice-level monitors first -> last, and the weak-set probes."""
     means = monitor_means(records)
@@ -111,8 +125,7 @@ def format_monitors(records: list[dict[str, Any]]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for (m, s, e), v in means.items():
         band, ref = v.get("weak_band_auc", math.nan), base.get(e, math.nan)
-        verdict = "(reference)" if m == BASELINE else (
-            "yes" if band - ref >= 0.05 else "no clear gain" if math.isfinite(band - ref) else "")
+        verdict = learned_verdict(m == BASELINE, v.get("loss_excess_last"), band - ref)
         knn = f"{f(v, 'knn_bal_acc_first')} → {f(v, 'knn_bal_acc_last')}" if "knn_bal_acc_last" in v else ""
         lines.append(f"| {row_label(m, s)} | {e} | {knn} | {f(v, 'position_r2_last')} | {f(v, 'effective_rank_last')} | "
                      f"{f(v, 'loss_excess_last')} | {f(v, 'weak_band_auc')} | {f(v, 'weak_mean_auc')} | {verdict} |")

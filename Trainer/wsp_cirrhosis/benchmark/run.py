@@ -33,8 +33,8 @@ log = logging.getLogger("wsp_cirrhosis")
 
 OUTPUTS = ("results.json", "results.md", "results.png", "sigma.png", "label_efficiency.png", "config.json")
 # Settings that change the numbers: a --resume with different values would mix incomparable cells.
-RESUME_FIELDS = ("weak", "strong", "epochs", "finetune_epochs", "finetune_slices", "folds", "cv_repeats", "bands",
-                 "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr", "preprocess")
+RESUME_FIELDS = ("weak", "strong", "epochs", "slices", "position_groups", "finetune_epochs", "finetune_slices",
+                 "folds", "cv_repeats", "bands", "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr", "preprocess")
 
 __all__ = ["Cell", "parse_grid", "run_benchmark", "run_cell", "pretrain_config", "finetune_config"]
 
@@ -178,10 +178,12 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
     monitors run at initialisation and after the last epoch only (they cost a pass over ~2400 slices).
     """
     extra: dict[str, Any] = {"sigma": cell.sigma} if cell.sigma is not None else {}
+    per_epoch = max(1, n_patients or cfg.batch_size)
+    epochs = -(-cfg.slices // per_epoch) if cfg.slices else cfg.epochs  # monitors after the last epoch only
     return PretrainConfig(
         manifest=cfg.weak, out=run_path, method=cell.method, encoder=cell.encoder,
         cache_dir=cfg.cache_dir, preprocess=cfg.preprocess, monitor_fraction=MONITOR_FRACTION, head_norm=cfg.head_norm,
-        monitor_every=cfg.epochs, slices_per_epoch=max(1, n_patients or cfg.batch_size),
+        monitor_every=epochs, slices_per_epoch=per_epoch, slices=cfg.slices, position_groups=cfg.position_groups,
         train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cell.seed,
                           device=cfg.device, bf16=cfg.bf16, resume=resume, force=not resume),
         **extra,

@@ -14,6 +14,11 @@ These monitors measure the representation directly, on a fixed held-out part of 
   uniformity = log E exp(-2 ||z_i - z_j||^2) (lower = spread on the sphere; 0 = collapsed).
 - ``effective_rank`` of the centred held-out features (Roy and Vetterli 2007): exp of the entropy
   of the normalised singular values (1 = a line, 512 = isotropic).
+- ``weak_band_auc``: patient-level, position-aware: cross-validated AUC (5 stratified folds over the
+  held-out patients) of a logistic probe of the weak reading "cirrhosis" (class 2 vs the rest) from
+  the features averaged within ``BANDS`` bands of d and concatenated. Where the label shows on a few
+  slices at given liver heights (the positional phantom) the slice-level kNN stays near chance even
+  for an encoder that represents the sign; this probe does not.
 - ``loss_excess`` = (L - H) / (log(2N - 1) - H), H = mean entropy of the batch's row-normalised
   loss weights: 0 = the lowest loss reachable on those batches, 1 = a collapsed embedding.
   Computed from the training batches themselves (``weight_entropy``).
@@ -37,7 +42,19 @@ from .. import distributed
 from .augment import Augment, random_views
 from .losses import PRESETS
 
-MONITOR_KEYS = ("knn_bal_acc", "position_r2", "alignment", "uniformity", "effective_rank", "loss_excess")
+MONITOR_KEYS = ("knn_bal_acc", "weak_band_auc", "position_r2", "alignment", "uniformity", "effective_rank",
+                "loss_excess")
+BANDS = 4  # position bands of the weak band-probe (12 monitor slices per patient: 3 per band)
+CIRRHOSIS_READING = 2  # the weak class the band-probe predicts (vs the rest)
+DID_NOT_LEARN_EXCESS = 0.95  # a run whose last loss excess is at or above this did not learn its objective
+
+
+def learned_objective(last_loss_excess: float | None) -> bool | None:
+    """False when the loss excess ends >= ``DID_NOT_LEARN_EXCESS`` (the embedding stayed near the
+    collapsed value, whatever a probe says); None when unknown."""
+    if last_loss_excess is None or not math.isfinite(last_loss_excess):
+        return None
+    return bool(last_loss_excess < DID_NOT_LEARN_EXCESS)
 
 
 def split_monitor_patients(labels: Sequence[int], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +142,45 @@ def position_r2(features: np.ndarray, positions: np.ndarray, groups: np.ndarray,
     return float(r2_score(positions, predicted))
 
 
+def band_pooled(features: np.ndarray, positions: np.ndarray, patients: np.ndarray,
+                bands: int = BANDS) -> tuple[np.ndarray, np.ndarray]:
+    """(patients' ids (P,), (P, bands * F) features averaged within equal bands of d, concatenated).
+
+    An empty band (a patient with fewer slices than bands) takes the patient's mean feature.
+    """
+    ids = np.unique(patients)
+    band = np.minimum((np.asarray(positions) * bands).astype(int), bands - 1)
+    out = np.empty((len(ids), bands * features.shape[1]))
+    for row, pid in enumerate(ids):
+        mine = patients == pid
+        mean = features[mine].mean(0)
+        for b in range(bands):
+            sel = mine & (band == b)
+            out[row, b * features.shape[1]:(b + 1) * features.shape[1]] = features[sel].mean(0) if sel.any() else mean
+    return ids, out
+
+
+def weak_band_auc(features: np.ndarray, held_out: "MonitorSet", bands: int = BANDS, folds: int = 5) -> float:
+    """Cross-validated AUC of the weak reading "cirrhosis" from band-pooled features of the held-out
+    patients (NaN when a class has fewer than 2 patients)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ids, x = band_pooled(features, held_out.positions, held_out.patients, bands)
+    first = np.array([np.flatnonzero(held_out.patients == pid)[0] for pid in ids])
+    y = (held_out.labels[first] == CIRRHOSIS_READING).astype(int)
+    folds = min(folds, int(np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        return float("nan")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+    score = cross_val_predict(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+                              method="decision_function")
+    return float(roc_auc_score(y, score))
+
+
 def alignment(z1: torch.Tensor, z2: torch.Tensor) -> float:
     """Wang and Isola's alignment E ||z1 - z2||^2 of L2-normalised positive pairs (0 = identical views)."""
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
@@ -194,7 +250,7 @@ def representation_monitors(encoder: nn.Module, head: nn.Module, reference: Moni
         augment: view distribution of the alignment pair (the run's own).
 
     Returns:
-        {"knn_bal_acc", "position_r2", "alignment", "uniformity", "effective_rank"}.
+        {"knn_bal_acc", "weak_band_auc", "position_r2", "alignment", "uniformity", "effective_rank"}.
     """
     encoder.eval()
     head.eval()
@@ -210,6 +266,7 @@ def representation_monitors(encoder: nn.Module, head: nn.Module, reference: Moni
         # no weak labels (simclr, positional, pcl on an unlabelled set): no kNN label accuracy
         "knn_bal_acc": knn_balanced_accuracy(ref_f, reference.labels, test_f, held_out.labels, k) if labelled
         else float("nan"),
+        "weak_band_auc": weak_band_auc(test_f, held_out) if labelled else float("nan"),
         "position_r2": position_r2(np.concatenate([ref_f, test_f]), np.concatenate([reference.positions,
                                                                                     held_out.positions]), groups),
         "alignment": alignment(z1, z2),

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 PANELS = (("loss", "loss"), ("loss_excess", "loss excess (1 = collapsed)"), ("knn_bal_acc", "kNN balanced acc."),
+          ("weak_band_auc", "weak band-probe AUC"),
           ("position_r2", "position R²"), ("alignment", "alignment"), ("uniformity", "uniformity"),
           ("effective_rank", "effective rank"))
 

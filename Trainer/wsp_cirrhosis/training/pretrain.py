@@ -2,7 +2,7 @@
 
 Schedule: ``--epochs`` epochs of ``--slices-per-epoch`` slices (ceil(slices / batch size)
 steps each; the paper: 40 epochs of 10,000 slices), whatever the cohort size. ``--recipe
-paper`` sets the paper's settings (``config.apply_recipe``, ``augment.PAPER_AUGMENT``).
+paper`` sets the paper's settings (``recipes.apply_recipe``, ``augment.PAPER_AUGMENT``).
 
 Monitors (``monitors.py``): ``--monitor-fraction`` of the weak-set patients (stratified on the
 weak label, fixed seed 0, so every run and seed holds out the same patients) are never trained
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import PretrainConfig, apply_recipe, to_dict
+from ..config import PretrainConfig, to_dict
 from ..distributed import (
     barrier,
     cleanup_distributed,
@@ -38,7 +38,15 @@ from ..models.heads import ProjectionHead, Projector
 from .augment import AUGMENTS
 from .checkpoints import create_run_dir, load_patients, read_metrics, resolve_resume
 from .loop import contrastive_step, train_loop
-from .monitors import MonitorSet, loss_excess, representation_monitors, split_monitor_patients, weight_entropy
+from .monitors import (
+    MONITOR_KEYS,
+    MonitorSet,
+    loss_excess,
+    representation_monitors,
+    split_monitor_patients,
+    weight_entropy,
+)
+from .recipes import apply_budget, apply_recipe, slices_seen
 from .samplers import PatientSampler
 
 log = logging.getLogger("wsp_cirrhosis")
@@ -97,8 +105,7 @@ class _Monitor:
 
 
 def _format(line: dict) -> str:
-    keys = ("knn_bal_acc", "position_r2", "alignment", "uniformity", "effective_rank", "loss_excess")
-    return ", ".join(f"{k} {line[k]:.3f}" for k in keys if k in line)
+    return ", ".join(f"{k} {line[k]:.3f}" for k in MONITOR_KEYS if k in line)
 
 
 def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
@@ -120,6 +127,7 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
     """
     cfg = resolve_resume(cfg)
     cfg, overridden = apply_recipe(cfg)
+    cfg = apply_budget(cfg)
     if overridden and is_rank_zero():
         log.warning("--recipe paper sets %s", ", ".join(overridden))
     device = init_distributed(cfg.train.device)
@@ -139,6 +147,9 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
     if tcfg.accumulate > 2 * local:
         raise ConfigError(f"--accumulate {tcfg.accumulate} exceeds the {2 * local} views per process and batch")
     run_dir = create_run_dir(cfg, "pretrain")  # after every check: a refused run leaves no folder
+    if is_rank_zero():
+        log.info("schedule: %d epochs x %d steps x batch %d = %d slices", tcfg.epochs, steps_per_epoch,
+                 tcfg.batch_size, slices_seen(cfg))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model = Projector(build_encoder(cfg.encoder), ProjectionHead(512, 256, 128, norm=cfg.head_norm))
@@ -177,7 +188,7 @@ def monitor_summary(run_dir: Path) -> dict[str, tuple[float, float]]:
     """{monitor: (first value, last value)} from a pretrain run's metrics.jsonl (for the demo's printout)."""
     history = read_metrics(run_dir)
     out = {}
-    for key in ("knn_bal_acc", "position_r2", "alignment", "uniformity", "effective_rank", "loss_excess"):
+    for key in MONITOR_KEYS:
         values = [line[key] for line in history if key in line]
         if values:
             out[key] = (values[0], values[-1])
