@@ -67,7 +67,7 @@ def test_pretrain_one_epoch_writes_the_run_folder(method, tmp_path):
                          monitor_fraction=0.0, train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
     run = pretrain_mod.pretrain(cfg, fake_patients(8, size=16))
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "encoder.pt", "metrics.jsonl"]
-    saved = json.loads((run / "config.json").read_text())["config"]
+    saved = json.loads((run / "config.json").read_text())
     assert saved["command"] == "pretrain" and saved["config"]["method"] == method
     assert {"software_versions", "git_revision", "command_line", "created"} <= saved.keys()
     (line,) = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
