@@ -34,6 +34,13 @@ def req(help: str, **extra: Any) -> Any:
     return field(metadata={"help": help, "required": True, **extra})
 
 
+def _check_workers(value: Any) -> None:
+    """``--workers``: auto or an integer from 0 to 1024."""
+    text = str(value).strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) <= 1024):
+        raise ConfigError(f"--workers {value}: give auto, or a number of processes from 0 (one per core) to 1024")
+
+
 def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, strict_lo: bool = False) -> None:
     flag = "--" + name.replace("_", "-")
     if lo is not None and (value <= lo if strict_lo else value < lo):
@@ -89,11 +96,13 @@ class PreprocessCmdConfig:
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     preview: Optional[Path] = opt(None, "write a PNG preview of a few patients' slices here")
     skip_bad: bool = opt(False, "skip bad manifest rows / unreadable patients (listed) instead of stopping")
-    workers: int = opt(0, "preprocessing processes (0 = one per CPU core, shared by the ranks of a machine under torchrun)")
+    workers: str = opt("auto", "preprocessing processes: auto (one per CPU core when the cohort is large enough to "
+                       "pay for a pool, else 1; the log says which), or a number (0 = one per core, shared by the "
+                       "ranks of a machine under torchrun)")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
-        _check_range("workers", self.workers, 0, 1024)
+        _check_workers(self.workers)
 
 
 MANIFEST_PRESETS = ("none", "lihc")
@@ -160,11 +169,12 @@ class PretrainConfig:
     out: Path = req("run folder")
     method: str = opt("wsp", "contrastive loss preset", choices=METHODS)
     encoder: str = opt("tinynet", "backbone", choices=ENCODER_NAMES)
-    sigma: float = opt(0.85, "width of the positional Gaussian kernel on d in [0, 1] (inf = no position)")
+    sigma: float = opt(0.1, "width of the positional Gaussian kernel on d in [0, 1] (inf = no position; the "
+                       "paper's config: 0.85, in --recipe paper; why 0.1: docs/training.md)")
     tau: float = opt(0.1, "temperature")
     threshold: float = opt(0.1, "PCL position window")
     recipe: str = opt("default", "paper = the paper's exact settings (overrides --lr, --weight-decay, --epochs, "
-                      "--batch-size, --slices-per-epoch, --head-norm, augmentations; docs/method.md); default = "
+                      "--batch-size, --slices-per-epoch, --head-norm, --sigma, --position-groups, augmentations; docs/method.md); default = "
                       "the flags as given with this project's augmentations", choices=RECIPE_NAMES)
     head_norm: str = opt("batch", "normalisation in the projection head: batch (SimCLR's; lets label-weighted "
                          "losses leave the collapsed start, docs/training.md) or none (the paper's)", choices=HEAD_NORMS)
@@ -172,8 +182,8 @@ class PretrainConfig:
                                 "rounded up")
     slices: int = opt(0, "training budget in slices seen (0 = --epochs x --slices-per-epoch): sets --epochs to "
                       "ceil(slices / slices per epoch), so runs of any batch size compare at an equal budget")
-    position_groups: int = opt(0, "0 = each patient's slice drawn uniformly; G > 0 = every batch in G groups that "
-                               "share a slice position (close-position partners; docs/training.md)")
+    position_groups: int = opt(4, "0 = each patient's slice drawn uniformly (the paper's); G > 0 = every batch in G "
+                               "groups that share a slice position (close-position partners; docs/training.md)")
     monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
                                   "representation monitors; 0 = no monitors")
     monitor_every: int = opt(1, "log the representation monitors every this many epochs (and at the end)")
@@ -251,7 +261,8 @@ class BenchmarkConfig:
     sigmas: str = opt("", "sigma grid of wsp and positional, e.g. 0.05,0.1,0.2,0.4,0.85 (empty: their default sigma)")
     epochs: int = opt(10, "pretraining epochs (one epoch = as many slices as weak patients)")
     slices: int = opt(0, "pretraining budget in slices seen, the same for every cell (0 = --epochs passes)")
-    position_groups: int = opt(0, "pretraining batches in G groups sharing a slice position (see pretrain)")
+    position_groups: int = opt(4, "pretraining batches in G groups sharing a slice position (see pretrain; "
+                               "0 = the paper's uniform draw)")
     finetune_epochs: int = opt(5, "fine-tuning epochs per fold")
     folds: int = opt(5, "stratified folds over patients")
     cv_repeats: int = opt(1, "repeats of the stratified k-fold split, each with its own fold seed")
@@ -321,8 +332,9 @@ class PredictConfig:
     model: Optional[Path] = opt(None, "model bundle folder (default: the bundled demonstration model)")
     device: str = opt("auto", "auto picks CUDA when available", choices=DEVICES)
     batch_size: int = opt(32, "slices per forward pass")
-    workers: int = opt(0, "batch mode: processes preprocessing the next patients while the model runs "
-                       "(0 = one per CPU core, 1 = all in this process)")
+    workers: str = opt("auto", "batch mode: processes preprocessing the next patients while the model runs "
+                       "(auto = a pool of one per core when the first patient says it pays, else 1; 0 = one per "
+                       "CPU core; 1 = all in this process)")
     bf16: bool = opt(False, "bfloat16 autocast on CPU too (GPU always uses half precision); faster on recent CPUs")
     saliency: bool = opt(False, "also write saliency.nii.gz (Grad-CAM relevance on the CT's grid) and saliency.png")
     force: bool = opt(False, "replace an existing output folder")
@@ -332,7 +344,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         _check_range("batch_size", self.batch_size, 1)
-        _check_range("workers", self.workers, 0, 1024)
+        _check_workers(self.workers)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

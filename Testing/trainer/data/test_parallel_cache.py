@@ -93,3 +93,46 @@ def test_prepared_patients_come_in_manifest_order_equal_to_prepare_ct_with_failu
             direct = prepare_ct(record.image, record.liver_mask, CFG)
             assert liver.slices.tobytes() == direct.slices.tobytes() and seconds > 0
             assert (liver.slice_index == direct.slice_index).all()
+
+
+def test_workers_auto_times_the_first_patient_and_keeps_small_cohorts_in_process(cohort, tmp_path, caplog):
+    from wsp_cirrhosis.data import pool
+    from wsp_cirrhosis.errors import ConfigError
+
+    assert pool.parse_workers("auto") is None and pool.parse_workers(None) is None
+    assert pool.parse_workers("2") == 2 and pool.parse_workers(0) == pool.default_workers()
+    with pytest.raises(ConfigError, match="--workers many"):
+        pool.parse_workers("many")
+    # the rule: the time a pool takes off this process must exceed its start-up
+    assert not pool.pool_pays(15, 0.28, 2)  # 16 CTs of 384 px: measured slower with a pool
+    assert pool.pool_pays(7, 1.0, 2)  # 8 full-size CTs: measured faster
+    assert not pool.pool_pays(100, 10.0, 1)  # one core: never
+    with caplog.at_level("INFO", logger="wsp_cirrhosis"):
+        auto = load_cohort(cohort, CFG, cache_dir=tmp_path / "auto", workers="auto", skip_bad=True)
+    assert "--workers auto: the first patient took" in caplog.text
+    assert "4 to go" in caplog.text and "1 worker (a pool's start-up" in caplog.text  # tiny CTs stay here
+    assert "preprocessed 5 patient(s) with 1 worker(s)" in caplog.text
+    load_cohort(cohort, CFG, cache_dir=tmp_path / "one", workers=1, skip_bad=True)
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "auto")
+    assert [p.patient_id for p in auto] == ["p0", "p1", "p2", "p4"]
+    assert sorted(a) == sorted(b) and [name for name in a if a[name] != b[name]] == []
+
+
+def test_pool_tasks_come_in_chunks_that_cover_the_cohort_once():
+    from wsp_cirrhosis.data.pool import chunks
+
+    items = list(range(23))
+    parts = chunks(items, workers=2)
+    assert sum(parts, []) == items and len(parts) == 8 and max(map(len, parts)) == 3
+    assert chunks([1], workers=4) == [[1]]
+
+
+def test_prepared_patients_auto_yields_every_patient_in_order(cohort, caplog):
+    from wsp_cirrhosis.data.manifest import read_manifest
+    from wsp_cirrhosis.data.pool import prepared_patients
+
+    with caplog.at_level("INFO", logger="wsp_cirrhosis"):
+        got = list(prepared_patients(read_manifest(cohort), CFG, workers="auto"))
+    assert [r.patient_id for r, *_ in got] == ["p0", "p1", "p2", "p3", "p4"]
+    assert [error is None for _, _, error, _ in got] == [True, True, True, False, True]
+    assert "--workers auto: the first patient took" in caplog.text and "1 worker" in caplog.text

@@ -234,6 +234,8 @@ def test_paper_recipe_is_exactly_the_papers_settings():
     t = cfg.train
     assert (t.lr, t.weight_decay, t.epochs, t.batch_size) == (1e-5, 1e-5, 40, 64)
     assert cfg.slices_per_epoch == 10000 and cfg.head_norm == "none"  # the paper's Linear-ReLU-Linear head
+    assert cfg.sigma == 0.85 and cfg.position_groups == 0  # their config's kernel, slices drawn uniformly
+    assert "--sigma 0.1 -> 0.85" in changed and "--position-groups 4 -> 0" in changed
     assert "--lr 0.001 -> 1e-05" in changed and "--epochs 3 -> 40" in changed
     a = AUGMENTS["paper"]
     assert a is PAPER_AUGMENT and a.scale == (0.7, 0.7) and a.translate == 0.2 and a.rotate_deg == 30.0
@@ -247,6 +249,7 @@ def test_default_recipe_keeps_the_flags_and_uses_the_default_augmentations():
     a = AUGMENTS["default"]
     assert a.scale == (0.7, 1.0) and (a.p_crop, a.p_translate, a.p_rotate) == (1.0, 1.0, 1.0)
     assert given.head_norm == "batch"
+    assert (given.sigma, given.position_groups) == (0.1, 4)  # the default recipe's departures (docs/method.md)
 
 
 def test_paper_augmentation_leaves_each_transform_out_about_half_the_time():

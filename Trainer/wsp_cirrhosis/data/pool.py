@@ -34,6 +34,49 @@ def default_workers() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+# Wall seconds to start a pool of forkserver workers that import SimpleITK and torch (measured
+# 1.15 s on a quiet 2-core machine, docs/benchmarks/preprocess.md), with a margin: a pool only
+# pays when the work it takes off this process saves more than this.
+POOL_START_S = 2.5
+
+
+def parse_workers(value: int | str | None) -> int | None:
+    """``--workers``: None for ``auto`` (or None), else a process count (0 = one per core).
+
+    Raises:
+        ConfigError: neither ``auto`` nor an integer >= 0.
+    """
+    from ..errors import ConfigError
+
+    text = "auto" if value is None else str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 1024:
+        raise ConfigError(f"--workers {value}: give auto, or a number of processes from 0 (one per core) to 1024")
+    return n or default_workers()
+
+
+def pool_pays(remaining: int, seconds_each: float, workers: int) -> bool:
+    """Whether `workers` processes finish `remaining` tasks of `seconds_each` sooner than this process.
+
+    The pool saves remaining x seconds_each x (1 - 1 / workers) and costs its start-up, POOL_START_S.
+    """
+    return workers > 1 and remaining * seconds_each * (1 - 1 / workers) > POOL_START_S
+
+
+def auto_note(remaining: int, seconds_each: float, workers: int) -> str:
+    """The log line of an ``auto`` choice: what was measured and what it decided."""
+    pays = pool_pays(remaining, seconds_each, workers)
+    verdict = (f"a pool of {workers} pays" if pays else
+               f"1 worker (a pool's start-up of ~{POOL_START_S:g} s would cost more than it saves)")
+    return (f"--workers auto: the first patient took {seconds_each:.2f} s, {remaining} to go on {workers} "
+            f"core(s): {verdict}")
+
+
 def _init_worker() -> None:
     import SimpleITK as sitk
     import torch
@@ -60,6 +103,18 @@ def _build_one(record: PatientRecord, cfg: PreprocessConfig, cache_dir: Path, ha
     return memo.table, None, time.process_time() - start
 
 
+def _build_chunk(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path,
+                 hashes: dict) -> list[tuple[dict, str | None, float]]:
+    """Worker task: `_build_one` for several patients (fewer round trips for small CTs)."""
+    return [_build_one(r, cfg, cache_dir, hashes) for r in records]
+
+
+def chunks(items: list, workers: int, per_worker: int = 4) -> list[list]:
+    """`items` in consecutive chunks, about `per_worker` chunks per worker (balance vs round trips)."""
+    size = max(1, -(-len(items) // (workers * per_worker)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def pool_context() -> mp.context.BaseContext:
     """A fork server where the platform has one (Linux, macOS), else spawn."""
     if "forkserver" in mp.get_all_start_methods():
@@ -74,43 +129,65 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=_init_worker)
 
 
-def _completed(futures: dict[Future, PatientRecord]) -> Iterator[tuple[PatientRecord, dict, str | None, float]]:
+def _completed(futures: dict[Future, list[PatientRecord]]) -> Iterator[tuple[PatientRecord, dict, str | None, float]]:
     for fut in as_completed(futures):
-        record = futures[fut]
+        records = futures[fut]
         try:
-            hashes, error, cpu = fut.result()
+            results = fut.result()
         except BrokenProcessPool:
-            hashes, error, cpu = {}, "a preprocessing process died (out of memory? try fewer --workers)", 0.0
+            results = [({}, "a preprocessing process died (out of memory? try fewer --workers)", 0.0)] * len(records)
         except Exception as exc:  # e.g. a record that cannot be sent to the worker
-            hashes, error, cpu = {}, _error_text(exc), 0.0
-        yield record, hashes, error, cpu
+            results = [({}, _error_text(exc), 0.0)] * len(records)
+        for record, (hashes, error, cpu) in zip(records, results):
+            yield record, hashes, error, cpu
+
+
+def _build_here(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "HashMemo",
+                failures: dict[str, str], progress: Iterator | None = None) -> float:
+    """Build `records` in this process (adding to `failures`); return the CPU seconds used."""
+    from .cache import build_entry
+
+    cpu = -time.process_time()
+    for record in progress if progress is not None else records:
+        try:
+            build_entry(record, cfg, cache_dir, memo)
+        except Exception as exc:  # reported with the others; -v keeps a bug's traceback
+            log.debug("patient %s failed", record.patient_id, exc_info=not isinstance(exc, InputError))
+            failures[record.patient_id] = _error_text(exc)
+    return cpu + time.process_time()
 
 
 def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "HashMemo",
-                  workers: int) -> dict[str, str]:
-    """Build the missing or stale entries of `records` with `workers` processes; return {patient_id: error}."""
-    from .cache import build_entry, fresh_meta
+                  workers: int | None) -> dict[str, str]:
+    """Build the missing or stale entries of `records` with `workers` processes; return {patient_id: error}.
+
+    `workers` None (``--workers auto``): the first stale patient is built here and timed; the rest go
+    to a pool of one process per core only when `pool_pays`, and the log says which was chosen.
+    """
+    from .cache import fresh_meta
 
     stale = [r for r in records if fresh_meta(r, cfg, cache_dir, memo, hash_inputs=False) is None]
     failures: dict[str, str] = {}
     if not stale:
         return failures
+    start, cpu, built = time.perf_counter(), 0.0, len(stale)
+    if workers is None:
+        first = time.perf_counter()
+        cpu += _build_here(stale[:1], cfg, cache_dir, memo, failures)
+        each, stale, cores = time.perf_counter() - first, stale[1:], default_workers()
+        if stale:
+            log.info("%s", auto_note(len(stale), each, cores))
+        workers = cores if pool_pays(len(stale), each, cores) else 1
     workers = min(workers, len(stale))
-    start, cpu = time.perf_counter(), 0.0
     if workers <= 1:
-        cpu = -time.process_time()
-        for record in track(stale, desc="preprocess"):
-            try:
-                build_entry(record, cfg, cache_dir, memo)
-            except Exception as exc:  # reported with the others; -v keeps a bug's traceback
-                log.debug("patient %s failed", record.patient_id, exc_info=not isinstance(exc, InputError))
-                failures[record.patient_id] = _error_text(exc)
-        cpu += time.process_time()
+        cpu += _build_here(stale, cfg, cache_dir, memo, failures, track(stale, desc="preprocess"))
     else:
         pool = make_pool(workers)
         try:
-            futures = {pool.submit(_build_one, r, cfg, cache_dir, memo.subset(r.image, r.liver_mask)): r for r in stale}
-            for record, hashes, error, used in track(_completed(futures), total=len(futures),
+            futures = {pool.submit(_build_chunk, part, cfg, cache_dir,
+                                   memo.subset(*[p for r in part for p in (r.image, r.liver_mask)])): part
+                       for part in chunks(stale, workers)}
+            for record, hashes, error, used in track(_completed(futures), total=len(stale),
                                                      desc=f"preprocess ({workers} workers)"):
                 memo.update(hashes)
                 cpu += used
@@ -122,7 +199,7 @@ def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir
             raise
         pool.shutdown()
     log.info("preprocessed %d patient(s) with %d worker(s): %.1f s, %.1f CPU-s in preprocessing",
-             len(stale), workers, time.perf_counter() - start, cpu)
+             built, max(workers, 1), time.perf_counter() - start, cpu)
     return failures
 
 
@@ -141,7 +218,7 @@ def build_cohort_cache(records: list[PatientRecord], cfg: PreprocessConfig, cach
     mine = records[rank::world]
     if shard:
         log.info("rank %d/%d: preprocessing its share, %d of %d patients", rank, world, len(mine), len(records))
-    failures = build_entries(mine, cfg, cache_dir, memo, workers or default_workers())
+    failures = build_entries(mine, cfg, cache_dir, memo, parse_workers(workers))
     if shard:  # all_gather_object also waits for the slowest rank: the cache is then complete
         import torch.distributed as dist
 
@@ -174,11 +251,19 @@ def prepared_patients(records: list[PatientRecord], cfg: PreprocessConfig,
                       workers: int | None = None) -> Iterator[tuple[PatientRecord, object | None, str | None, float]]:
     """Yield (record, LiverSlices or None, error or None, preprocessing seconds) in manifest order.
 
-    Up to `workers` patients (None/0: one per core) are preprocessed ahead in the process pool
+    Up to `workers` patients (0: one per core; None or "auto": as `build_entries`) are preprocessed ahead in the process pool
     while the caller works on the current one (e.g. the model scores it), so a batch run costs
     about max(preprocessing / workers, model time) per patient. One worker: in this process.
     """
-    workers = min(workers or default_workers(), len(records))
+    workers = parse_workers(workers)
+    if workers is None and records:  # auto: time the first patient here, then decide
+        first = _prepare_one(records[0], cfg)
+        yield (records[0], *first)
+        records, cores = records[1:], default_workers()
+        if records:
+            log.info("%s", auto_note(len(records), first[2], cores))
+        workers = cores if pool_pays(len(records), first[2], cores) else 1
+    workers = min(workers or 1, len(records))
     if workers <= 1:
         for record in records:
             yield (record, *_prepare_one(record, cfg))

@@ -25,13 +25,13 @@ def load_cohort(
     cache_dir: str | Path | None = None,
     require: str | None = None,
     skip_bad: bool = False,
-    workers: int | None = 1,
+    workers: int | str | None = 1,
     shard_ranks: bool = False,
 ) -> list[CachedPatient]:
     """Read a manifest and return every patient's cached slices (built on first use).
 
-    Missing or stale entries are built by `workers` processes (None or 0: one per CPU core, shared
-    by the ranks of a machine). With `shard_ranks` in an initialised process group (torchrun),
+    Missing or stale entries are built by `workers` processes (0: one per CPU core, shared by the
+    ranks of a machine; None or "auto": a pool only when the first patient's time says it pays). With `shard_ranks` in an initialised process group (torchrun),
     every rank must call this at the same time: each builds its share of the manifest, then all
     wait for the whole cache. Without it each caller builds what it finds missing (the pattern
     "rank 0 first, barrier, then the others" stays valid).

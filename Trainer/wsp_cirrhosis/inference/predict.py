@@ -188,21 +188,24 @@ def _run_batch(cfg: "PredictConfig", progress: ProgressFn, cancel: CancelFn | No
 def _prepared(cfg: "PredictConfig", loaded: Any, records: list) -> Iterator[Iterator[tuple[Any, Any, str | None, float]]]:
     """(record, LiverSlices or None, error or None, seconds) per patient, in manifest order.
 
-    With more than one worker (`--workers`, 0 = one per core), data.pool.prepared_patients reads and
+    With more than one worker (`--workers`, 0 = one per core, auto = when it pays), data.pool.prepared_patients reads and
     preprocesses the next patients in worker processes while the model scores the current one; the
     slices are the same `prepare_ct` output, so the results equal the one-process path. With one
     worker, LiverSlices is None and LoadedModel.predict does everything here, as before.
     """
-    from ..data.pool import default_workers, prepared_patients
+    from ..data.pool import parse_workers, prepared_patients
 
-    workers = min(cfg.workers or default_workers(), len(records))
-    if workers <= 1:
+    workers = parse_workers(cfg.workers)
+    if workers is not None:
+        workers = min(workers, len(records))
+    if len(records) <= 1 or workers == 1:
         yield ((rec, None, None, 0.0) for rec in records)
         return
     prep = loaded.bundle.preprocess
     if cfg.liver_label is not None:
         prep = dataclasses.replace(prep, liver_label=cfg.liver_label)
-    log.info("batch predict: %d preprocessing worker process(es)", workers)
+    if workers is not None:
+        log.info("batch predict: %d preprocessing worker process(es)", workers)
     gen = prepared_patients(records, prep, workers)
     try:
         yield gen

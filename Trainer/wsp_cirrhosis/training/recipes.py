@@ -10,7 +10,7 @@ from ..config import PretrainConfig
 # --recipe paper: the paper's settings (method.md, "Batches, augmentations, models"); the
 # augmentations of each recipe are augment.AUGMENTS[recipe].
 PAPER_RECIPE: dict[str, Any] = {"lr": 1e-5, "weight_decay": 1e-5, "epochs": 40, "batch_size": 64,
-                                "slices_per_epoch": 10000, "head_norm": "none"}
+                                "slices_per_epoch": 10000, "head_norm": "none", "sigma": 0.85, "position_groups": 0}
 
 
 def apply_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
