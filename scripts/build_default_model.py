@@ -121,7 +121,9 @@ def main() -> None:
         run(["pretrain", "--manifest", str(work / "cohort" / "weak.csv"), "--method", "wsp", "--encoder", "tinynet",
              "--out", str(work / "pretrain"), "--epochs", str(args.pretrain_epochs), "--batch-size", "32",
              "--slices-per-epoch", str(args.slices_per_epoch), "--head-norm", "batch", "--lr", "1e-3",
-             "--device", "cpu", *size, *seed, "--force"])
+             # the bundled model's settings (global phantom); the default recipe's sigma 0.1 + groups
+             # arrive with the positional-phantom bundle of issue 24
+             "--sigma", "0.85", "--position-groups", "0", "--device", "cpu", *size, *seed, "--force"])
         eval_json = work / "eval.json"
         run(["evaluate", "--manifest", str(work / "cohort" / "histo.csv"), "--encoder", str(work / "pretrain"),
              "--json", str(eval_json), "--protocols", "finetune", "--folds", str(args.folds), "--keep-fold-models",

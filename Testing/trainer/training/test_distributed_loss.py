@@ -10,6 +10,7 @@ averaged weight gradient equals the single-process one.
 import os
 import random
 import socket
+import sys
 
 import pytest
 import torch
@@ -61,11 +62,18 @@ def _worker(rank: int, port: int, batch: dict, out_dir: str) -> None:
         loss.backward()
         out["ddp"] = (loss.detach(), layer.weight.grad.clone(), layer.bias.grad.clone())
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        del ddp, out  # the reducer holds the group: let it go while the group still exists
         # both ranks leave together: a rank that tears its gloo pairs down while the other is still
-        # busy can abort the other ("terminate called without an active exception", seen once)
+        # busy can abort the other ("terminate called without an active exception")
         distributed.barrier()
     finally:
         distributed.cleanup_distributed()
+    # The results are saved. Leave without interpreter finalisation: gloo's worker threads can still
+    # be joinable while Python tears down, and std::terminate then aborts a rank whose work is done
+    # (CI saw "process 0 terminated with signal SIGABRT" at this point twice, after the barrier).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
