@@ -13,7 +13,8 @@ def test_reproduce_script_runs_every_stage_at_toy_size(tmp_path, monkeypatch):
     toy = {
         "synth": {"patients": 12, "histo_patients": 10, "cirrhosis_fraction": 0.5, "size": 48, "seed": 1,
                   "signs": "positional"},
-        "benchmark": dict(default["benchmark"], methods="none,supcon,wsp", seeds="0", sigmas="0.2,0.5", epochs=1,
+        # slices=0: the toy's one epoch, not the default's budget in slices seen (which wins over epochs)
+        "benchmark": dict(default["benchmark"], methods="none,supcon,wsp", seeds="0", sigmas="0.2,0.5", epochs=1, slices=0,
                           batch_size=4, folds=2, cv_repeats=1, label_sizes="4", finetune_epochs=1, finetune_slices=2,
                           image_size=32, device="cpu"),
         "finetune": {"methods": "wsp", "seeds": "0"},
