@@ -78,22 +78,23 @@ def main(argv: list[str] | None = None) -> None:
     heads = args.heads.split(",")
     encoders = dict(pair.split("=", 1) for pair in args.encoders.split(","))
     scores: dict[str, dict[str, np.ndarray]] = {}
+    aucs: dict[str, dict[str, float]] = {}
     for label, source in encoders.items():
         torch.manual_seed(args.seed)  # the random init of "none"
         _, encoder = load_pretrained_encoder(source)
         features = [slice_features(encoder, p.slices, "cpu") for p in patients]
-        scores[label] = {}
+        scores[label], aucs[label] = {}, {}
         for head in heads:
             start = time.monotonic()
             scores[label][head] = oof_logits(features, patients, labels, plans, head, args.epochs, args.bag_size,
                                              args.bands, args.seed)
-            auc = np.mean([roc_auc_score(labels, row) for row in scores[label][head]])
-            print(f"{label} / {head}: pooled out-of-fold AUC {auc:.3f} ({time.monotonic() - start:.0f} s)", flush=True)
+            aucs[label][head] = float(np.mean([roc_auc_score(labels, row) for row in scores[label][head]]))
+            print(f"{label} / {head}: pooled out-of-fold AUC {aucs[label][head]:.3f} "
+                  f"({time.monotonic() - start:.0f} s)", flush=True)
 
     lines = ["| encoder | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for label in encoders:
-        aucs = [np.mean([roc_auc_score(labels, row) for row in scores[label][h]]) for h in heads]
-        lines.append(f"| {label} | " + " | ".join(f"{a:.3f}" for a in aucs) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{aucs[label][h]:.3f}" for h in heads) + " |")
     lines += ["", "| comparison | difference [95% CI] | p | verdict |", "| --- | --- | --- | --- |"]
     diffs = []
     for label in encoders:

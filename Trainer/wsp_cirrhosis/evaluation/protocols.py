@@ -36,11 +36,15 @@ def band_pool(features: np.ndarray, positions: np.ndarray, bands: int = DEFAULT_
         positions: (S,) slice position d in [0, 1] (values outside go to the end bands).
         bands: number of bands K >= 1.
     """
+    import torch
+
+    from ..models.patient_heads import band_index  # one band rule for this probe and the bands head
+
     feats = np.asarray(features, dtype=np.float64)
     d = np.clip(np.asarray(positions, dtype=np.float64), 0.0, 1.0)
     if bands < 1:
         raise ValueError(f"bands must be >= 1, got {bands}")
-    band = np.minimum((d * bands).astype(int), bands - 1)  # d = 1 belongs to the last band
+    band = band_index(torch.from_numpy(d), bands).numpy()  # d = 1 belongs to the last band
     mean = feats.mean(axis=0)
     return np.concatenate([feats[band == k].mean(axis=0) if np.any(band == k) else mean for k in range(bands)])
 

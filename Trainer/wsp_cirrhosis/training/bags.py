@@ -76,14 +76,11 @@ def fit_patient_head(head: PatientHead, bags: Sequence[Bag], labels: Sequence[in
         order = torch.randperm(len(bags), generator=gen)
         for start in range(0, len(order), batch_patients):
             idx = order[start:start + batch_patients].tolist()
-            logits = torch.stack([head(*_fields(sample_bag(bags[i], bag_size, bands, gen)))[0] for i in idx])
+            drawn = [sample_bag(bags[i], bag_size, bands, gen) for i in idx]
+            logits = torch.stack([head(b.features, b.heights)[0] for b in drawn])
             loss = loss_fn(logits.float(), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
     head.eval()
     return head
-
-
-def _fields(bag: Bag) -> tuple[torch.Tensor, torch.Tensor]:
-    return bag.features, bag.heights
