@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 RECIPE_NAMES = ("default", "paper")
 HEAD_NORMS = ("batch", "none")
 SYNTH_SIGNS = ("positional", "global", "none")
+PATIENT_HEADS = ("mean", "bands", "attention")  # models.patient_heads; mean = the paper's read
 PROGRESS_MODES = ("auto", "bar", "log", "jsonl", "none")  # --progress of predict (progress.progress_callback)
 
 
@@ -210,6 +211,17 @@ class PretrainConfig:
         _check_range("position_groups", self.position_groups, 0, 64)
 
 
+_HEAD_HELP = ("how a patient is read from its slices: mean (the paper's: mean slice probability, position-blind), "
+              "bands (features pooled in bands of liver height) or attention (attention pooling that sees the height)")
+_BAG_HELP = "slices per patient bag in each step, one per equal stratum of liver height (bands, attention heads)"
+
+
+def _check_head(head: str, bag_size: int) -> None:
+    if head not in PATIENT_HEADS:
+        raise ConfigError(f"--patient-head {head!r}: choose one of {', '.join(PATIENT_HEADS)}")
+    _check_range("bag_size", bag_size, 1)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     manifest: Path = req("histology-labelled cohort CSV")
@@ -217,13 +229,16 @@ class FinetuneConfig:
     init: Optional[str] = opt(None, "pretrain run folder to start from (default: random init; 'none' too)")
     encoder: str = opt("tinynet", "backbone when --init is not given", choices=ENCODER_NAMES)
     freeze: bool = opt(False, "train only the classifier head on frozen features")
-    slices_per_patient: int = opt(0, "slices drawn per patient and epoch, histology-balanced (0 = all slices)")
+    slices_per_patient: int = opt(0, "slices drawn per patient and epoch, histology-balanced (0 = all slices; mean head)")
+    patient_head: str = opt("mean", _HEAD_HELP, choices=PATIENT_HEADS)
+    bag_size: int = opt(8, _BAG_HELP)
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, lr=1e-4))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
         _check_range("slices_per_patient", self.slices_per_patient, 0)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+        _check_head(self.patient_head, self.bag_size)
 
 
 @dataclass(frozen=True)
@@ -235,6 +250,8 @@ class EvaluateConfig:
     folds: int = opt(5, "stratified folds over patients")
     protocols: str = opt("frozen,finetune", "comma-separated: frozen (logistic regression on pooled features), finetune")
     slices_per_patient: int = opt(0, "fine-tuning slices drawn per patient and epoch (0 = all slices)")
+    patient_head: str = opt("mean", _HEAD_HELP + " (finetune protocol)", choices=PATIENT_HEADS)
+    bag_size: int = opt(8, _BAG_HELP)
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     keep_fold_models: bool = opt(False, "keep the k fine-tuned fold models and their out-of-fold probabilities in "
                                  "<json stem>.folds/ (for export --ensemble / --calibrate)")
@@ -245,6 +262,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check_range("folds", self.folds, 2)
+        _check_head(self.patient_head, self.bag_size)
         bad = set(self.protocols.split(",")) - {"frozen", "frozen_bands", "finetune"}
         if bad:
             raise ConfigError(f"--protocols: unknown {sorted(bad)}; choose from frozen, frozen_bands, finetune")

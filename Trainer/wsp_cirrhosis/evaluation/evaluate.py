@@ -115,7 +115,8 @@ def _load_encoder(encoder_source: str | Path, arch: str, seed: int) -> tuple[str
 def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds: int = 5,
                      protocols: str | Sequence[str] = PROTOCOLS, train_cfg: Any = None, seed: int = 0,
                      arch: str = "tinynet", slices_per_patient: int = 0, keep_models: Path | None = None,
-                     preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+                     preprocess: dict[str, Any] | None = None, patient_head: str = "mean",
+                     bag_size: int = 8) -> dict[str, Any]:
     """Stratified k-fold evaluation of one encoder on histology-labelled patients.
 
     Args:
@@ -131,6 +132,7 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
         slices_per_patient: fine-tuning draws this many slices per patient and epoch (0 = all).
         keep_models: save each fold's fine-tuned model as keep_models/fold<k>/model.pt
             (ensemble.py; `preprocess` is recorded in them).
+        patient_head, bag_size: the patient head fine-tuned by the finetune protocol (finetune.py).
 
     Returns:
         {"encoder", "arch", "seed", "folds", "n_patients", "n_positive", "patients",
@@ -166,7 +168,7 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
         "encoder": str(encoder_source), "arch": arch_name, "seed": seed, "folds": folds,
         "n_patients": len(patients), "n_positive": int(labels.sum()),
         "patients": [str(p.patient_id) for p in patients], "test_fold": test_fold.tolist(),
-        "labels": labels.tolist(), "protocols": {},
+        "labels": labels.tolist(), "patient_head": patient_head, "protocols": {},
     }
     for name in names:
         start = time.monotonic()
@@ -181,7 +183,7 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
             fold_scores = (_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device, k,
                                                  slices_per_patient,
                                                  keep_models / f"fold{k}" if keep_models is not None else None,
-                                                 preprocess)
+                                                 preprocess, patient_head, bag_size)
                            for k, (tr, te) in enumerate(splits))
         for (train, test), (train_scores, test_scores) in zip(splits, fold_scores):
             oof[test] = test_scores
@@ -204,7 +206,8 @@ def evaluate_encoder(encoder_source: str | Path, patients: Sequence[Any], folds:
 def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Sequence[Any], train: np.ndarray,
                           test: np.ndarray, train_cfg: Any, seed: int, device: Any,
                           fold: int, slices_per_patient: int = 0, save_to: Path | None = None,
-                          preprocess: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          preprocess: dict[str, Any] | None = None, patient_head: str = "mean",
+                          bag_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune a fresh copy of the encoder on the training patients; patient probabilities for both sets
     (`save_to`: also keep the fold model there, ensemble.save_fold_model)."""
     from ..models.features import patient_probabilities
@@ -213,7 +216,8 @@ def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Seque
     _, encoder = _load_encoder(encoder_source, arch, seed)  # every fold starts from the same weights
     train_patients = [patients[i] for i in train]
     model = fit_classifier(encoder, train_patients, train_cfg, freeze=False, seed=seed + 1000 * fold,
-                           slices_per_patient=slices_per_patient or None)
+                           slices_per_patient=slices_per_patient or None, patient_head=patient_head,
+                           bag_size=bag_size)
     batch = train_cfg.batch_size
     train_scores = np.asarray(patient_probabilities(model, train_patients, device, batch), dtype=float)
     if save_to is not None:
@@ -222,7 +226,7 @@ def _finetune_fold_scores(encoder_source: str | Path, arch: str, patients: Seque
         train_labels = [int(p.histo_label) for p in train_patients]
         save_fold_model(save_to, model, preprocess or {}, youden_threshold(train_labels, train_scores),
                         {"fold": fold, "n_patients": len(train), "n_positive": int(sum(train_labels)),
-                         "epochs": train_cfg.epochs, "seed": seed + 1000 * fold})
+                         "epochs": train_cfg.epochs, "seed": seed + 1000 * fold, "patient_head": patient_head})
     return train_scores, np.asarray(patient_probabilities(model, [patients[i] for i in test], device, batch), dtype=float)
 
 
@@ -291,7 +295,8 @@ def run_evaluate(cfg: Any) -> int:
     patients = load_cohort(cfg.manifest, cfg.preprocess, cache_dir=cfg.cache_dir, require="histo")
     start = time.monotonic()
     result = evaluate_encoder(source, patients, cfg.folds, protocols, cfg.train, cfg.train.seed, cfg.arch,
-                              cfg.slices_per_patient, keep_models=keep, preprocess=to_dict(cfg.preprocess))
+                              cfg.slices_per_patient, keep_models=keep, preprocess=to_dict(cfg.preprocess),
+                              patient_head=cfg.patient_head, bag_size=cfg.bag_size)
     png = plot_roc(result, roc_png_path(cfg.json))
     from .reliability import add_calibration_to_result
 

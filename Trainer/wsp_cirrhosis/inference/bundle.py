@@ -2,17 +2,19 @@
 
 A bundle folder holds two files::
 
-    model.pt      weights only: {"encoder": state dict, "classifier": state dict}, or for an
-                  ensemble {"members": [{"encoder", "classifier"}, ...]}
+    model.pt      weights only: {"encoder": state dict, "classifier": state dict} (head mean) or
+                  {"encoder", "patient_head": state dict} (bands, attention), or for an
+                  ensemble {"members": [{"encoder", "classifier" | "patient_head"}, ...]}
                   (loadable with ``torch.load(weights_only=True)``: no pickled code)
     bundle.json   {"format_version", "name", "architecture", "preprocess", "threshold",
                    "class_names", "training", "metrics", "software_versions", "created",
-                   "source_run", "model_sha256", "n_members", "calibration"}
+                   "source_run", "model_sha256", "n_members", "calibration", "patient_head"}
 
-Format versions: 1 = one model, no calibration; 2 (this one) adds "n_members" (1, or k for an
-ensemble of fold models, ensemble.py) and "calibration" (null, or a Platt / isotonic calibrator
-fitted on out-of-fold probabilities, calibration.py). Version-1 bundles still load (as one
-uncalibrated model).
+Format versions: 1 = one model, no calibration; 2 adds "n_members" (1, or k for an ensemble of
+fold models, ensemble.py) and "calibration" (null, or a Platt / isotonic calibrator fitted on
+out-of-fold probabilities, calibration.py); 3 (this one) adds "patient_head" (the head's config,
+``models.patient_heads``: {"name": "mean"} or e.g. {"name": "attention", "in_dim": 512, ...}).
+Version-1 and -2 bundles still load, as head ``mean`` (version 1 as one uncalibrated model).
 
 ``load_bundle`` refuses a missing file, a ``model.pt`` whose SHA-256 is not the recorded one, an
 unknown format version, and a bundle written by a newer major version of wsp_cirrhosis.
@@ -37,11 +39,12 @@ from .. import __version__
 from ..config import ExportConfig, PreprocessConfig, from_dict
 from ..errors import BundleError, ConfigError, InputError
 from ..files import save_torch_atomic, sha256_file, sha256_json, staged_output_dir, write_json_atomic
+from ..models.saved import member_weights
 from ..provenance import software_versions
 
 log = logging.getLogger("wsp_cirrhosis")
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 ENV_VAR = "WSP_CIRRHOSIS_MODEL"
 
 
@@ -80,22 +83,30 @@ class ModelBundle:
         return len(self.members)
 
     @property
+    def patient_head_config(self) -> dict[str, Any]:
+        """The patient head's config ({"name": "mean"} for format 1-2 bundles)."""
+        return dict(self.meta.get("patient_head") or {"name": "mean"})
+
+    @property
+    def patient_head(self) -> str:
+        """The patient head's name: mean, bands or attention."""
+        return str(self.patient_head_config.get("name", "mean"))
+
+    @property
     def calibration(self) -> dict[str, Any] | None:
         """The calibrator of bundle.json (calibration.py), or None."""
         return self.meta.get("calibration") or None
 
     def build_model(self) -> torch.nn.Module:
-        """A fresh SliceClassifier (an EnsembleClassifier of them for an ensemble bundle) with the
-        bundle's weights, on the CPU, in eval mode."""
-        from ..models.encoders import build_encoder
-        from ..models.heads import SliceClassifier
+        """A fresh fine-tuned model (SliceClassifier for head mean, PatientClassifier otherwise; an
+        EnsembleClassifier of them for an ensemble bundle) with the bundle's weights, on the CPU,
+        in eval mode."""
+        from ..models.saved import build_classifier
 
         models = []
         try:
             for weights in self.members:
-                model = SliceClassifier(build_encoder(self.encoder_name), self.encoder_name)
-                model.encoder.load_state_dict(weights["encoder"])
-                model.head.load_state_dict(weights["classifier"])
+                model = build_classifier(self.encoder_name, weights, self.patient_head_config)
                 model.threshold = self.threshold
                 models.append(model)
         except (ConfigError, RuntimeError, KeyError) as exc:
@@ -167,7 +178,7 @@ def _single_content(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str,
         raise InputError(f"{run_dir}: no model.pt, not a finished finetune run{hint}")
     try:
         trained = torch.load(source, map_location="cpu", weights_only=True)
-        weights = {"encoder": trained["encoder_state"], "classifier": trained["classifier_state"]}
+        weights = member_weights(trained)
         meta = {
             "format_version": FORMAT_VERSION,
             "name": name or run_dir.resolve().name,
@@ -178,6 +189,7 @@ def _single_content(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str,
             "training": trained.get("training_summary", {}),
             "metrics": trained.get("metrics", {}),
             "n_members": 1,
+            "patient_head": trained.get("patient_head") or {"name": "mean"},
         }
     except (RuntimeError, KeyError, OSError, ValueError, TypeError) as exc:
         raise InputError(f"{source}: not a readable finetune model.pt ({exc})") from None
@@ -196,7 +208,7 @@ def _ensemble_content(folds: Path, name: str, oof_path: Path | None) -> tuple[di
     members = read_fold_models(folds)
     first = members[0][1]
     try:
-        weights = {"members": [{"encoder": m["encoder_state"], "classifier": m["classifier_state"]} for _, m in members]}
+        weights = {"members": [member_weights(m) for _, m in members]}
         thresholds = [float(m["threshold"]) for _, m in members]
         if oof_path is not None:
             labels, probs, _ = read_oof(oof_path)
@@ -209,7 +221,7 @@ def _ensemble_content(folds: Path, name: str, oof_path: Path | None) -> tuple[di
             "threshold_rule": rule, "class_names": list(first["class_names"]),
             "training": {"ensemble_of": [str(p) for p, _ in members], "member_thresholds": thresholds,
                          "members": [m.get("training_summary", {}) for _, m in members]},
-            "metrics": {}, "n_members": len(members),
+            "metrics": {}, "n_members": len(members), "patient_head": first.get("patient_head") or {"name": "mean"},
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{folds}: fold models are incomplete ({exc})") from None
@@ -224,7 +236,7 @@ def run_export(cfg: ExportConfig) -> int:
     extra = f", {bundle.n_members} members" if bundle.n_members > 1 else ""
     if bundle.calibration:
         extra += f", {bundle.calibration['method']} calibration"
-    print(f"{out}: {bundle.name} ({bundle.encoder_name}{extra}, threshold {bundle.threshold:.3f}, "
+    print(f"{out}: {bundle.name} ({bundle.encoder_name}, patient head {bundle.patient_head}{extra}, threshold {bundle.threshold:.3f}, "
           f"sha256 {bundle.sha256[:12]})")
     return 0
 

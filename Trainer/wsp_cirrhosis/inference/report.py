@@ -1,8 +1,18 @@
 """Prediction outputs: slices.csv, prediction.json, curve.png (and a cohort's summary.csv), and
 `read_prediction`, which rebuilds a prediction from its prediction.json.
 
-prediction.json fields beyond a single uncalibrated model's (absent otherwise, so old readers and
-old files still match; README "prediction.json"):
+prediction.json, every prediction (README "prediction.json"):
+  patient_head                   mean (the paper's read), bands or attention
+  scale                          probability (head mean) or logit (bands, attention): the scale
+                                 of patient_score, threshold_on_scale and slices[i].read
+  patient_score                  the patient's read on that scale (uncalibrated P, or the logit)
+  threshold_on_scale             the decision threshold there (label 1 when patient_score >= it)
+  slices[i].contribution         the slice's share of patient_score (they sum to it)
+  slices[i].read                 n_slices x contribution (their mean is patient_score): the curve
+  slices[i].attention            the attention weight of the slice (attention head only)
+  probability_axis               {"score": [...], "probability": [...]}: the (calibrated) patient
+                                 probability at points of the scale (curve.png's right axis)
+Fields beyond a single uncalibrated model's (absent otherwise):
   n_members                      members of an ensemble bundle (absent = 1)
   member_probabilities           each member's patient probability (calibrated when the bundle is)
   probability_min/max/std        spread of member_probabilities (std: ddof=0)
@@ -31,10 +41,10 @@ from ..files import atomic_path, sha256_path, write_json_atomic, write_text_atom
 if TYPE_CHECKING:
     from .scoring import PatientPrediction
 
-SLICE_COLUMNS = ("slice_index", "z_mm", "position", "score")
+SLICE_COLUMNS = ("slice_index", "z_mm", "position", "score", "contribution", "read")
 SUMMARY_COLUMNS = ("patient_id", "probability", "label", "threshold", "n_slices", "error")
 SPREAD_COLUMNS = ("score_min", "score_max", "score_std")
-_PATIENT_EXTRA = ("n_members", "member_probabilities", "probability_min", "probability_max", "probability_std",
+_PATIENT_EXTRA = ("patient_head", "scale", "patient_score", "threshold_on_scale", "probability_axis", "n_members", "member_probabilities", "probability_min", "probability_max", "probability_std",
                   "raw_probability", "raw_threshold", "calibration", "saliency")
 
 
@@ -46,15 +56,23 @@ def _slice_spread(prediction: "PatientPrediction") -> dict[str, list[float]]:
     return {"score_min": extra["slice_min"], "score_max": extra["slice_max"], "score_std": extra["slice_std"]}
 
 
+def _attention(prediction: "PatientPrediction") -> list[float] | None:
+    return (getattr(prediction, "extra", None) or {}).get("slice_attention")
+
+
 def write_slices_csv(prediction: "PatientPrediction", path: str | os.PathLike) -> None:
-    """One row per liver slice, ordered by z (inferior first): slice_index,z_mm,position,score."""
+    """One row per liver slice, ordered by z (inferior first):
+    slice_index,z_mm,position,score,contribution,read[,attention][,score_min,score_max,score_std]."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    spread = _slice_spread(prediction)
-    writer.writerow(SLICE_COLUMNS + (SPREAD_COLUMNS if spread else ()))
+    spread, attention = _slice_spread(prediction), _attention(prediction)
+    writer.writerow(SLICE_COLUMNS + (("attention",) if attention else ()) + (SPREAD_COLUMNS if spread else ()))
+    n = prediction.n_slices
     for i, s in enumerate(sorted(prediction.slices, key=lambda s: s.z_mm)):
-        extra = [f"{spread[k][i]:.6f}" for k in SPREAD_COLUMNS] if spread else []
-        writer.writerow([s.slice_index, f"{s.z_mm:.4f}", f"{s.position:.6f}", f"{s.score:.6f}", *extra])
+        extra = [f"{attention[i]:.6f}"] if attention else []
+        extra += [f"{spread[k][i]:.6f}" for k in SPREAD_COLUMNS] if spread else []
+        writer.writerow([s.slice_index, f"{s.z_mm:.4f}", f"{s.position:.6f}", f"{s.score:.6f}",
+                         f"{s.contribution:.6g}", f"{n * s.contribution:.6f}", *extra])
     write_text_atomic(path, buf.getvalue())
 
 
@@ -69,11 +87,14 @@ def prediction_record(
     from ..provenance import software_versions
 
     p = prediction
-    spread = _slice_spread(p)
+    spread, attention = _slice_spread(p), _attention(p)
     slices = [{"slice_index": s.slice_index, "z_mm": s.z_mm, "position": s.position, "score": s.score,
+               "contribution": s.contribution, "read": p.n_slices * s.contribution,
                "center_lps": list(s.center_lps)} for s in sorted(p.slices, key=lambda s: s.z_mm)]
     for i, row in enumerate(slices):
         row.update({k: spread[k][i] for k in spread})
+        if attention:
+            row["attention"] = attention[i]
     extra = {k: p.extra[k] for k in _PATIENT_EXTRA if k in (getattr(p, "extra", None) or {})}
     return {
         "probability": p.probability,
@@ -110,9 +131,14 @@ def read_prediction(path: str | os.PathLike) -> "PatientPrediction":
 
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
+        n = len(record["slices"])
+        # files older than patient heads: head mean, whose contribution is the slice score / S
         slices = [SliceScore(int(s["slice_index"]), float(s["z_mm"]), float(s["position"]), float(s["score"]),
-                             tuple(float(c) for c in s["center_lps"])) for s in record["slices"]]
+                             tuple(float(c) for c in s["center_lps"]), float(s.get("contribution", float(s["score"]) / n)))
+                  for s in record["slices"]]
         extra = {k: record[k] for k in _PATIENT_EXTRA if k in record}
+        if record["slices"] and "attention" in record["slices"][0]:
+            extra["slice_attention"] = [float(s["attention"]) for s in record["slices"]]
         if record["slices"] and "score_min" in record["slices"][0]:
             extra.update({f"slice_{k[6:]}": [float(s[k]) for s in record["slices"]] for k in SPREAD_COLUMNS})
         return PatientPrediction(
@@ -130,19 +156,25 @@ def write_prediction_json(prediction: "PatientPrediction", path: str | os.PathLi
 
 
 def plot_curve(prediction: "PatientPrediction", path: str | os.PathLike, dpi: int = 120) -> None:
-    """curve.png: slice score along physical z, the decision threshold and the liver extent.
+    """curve.png: each slice's read along physical z, the patient score, its threshold, the liver extent.
 
-    Slice scores are drawn against the threshold for orientation only: the decision is on their
-    mean, the patient probability, shown in the title and as a dashed line.
+    One scale: the slice reads (n_slices x contribution: the slice probability for head mean, a
+    share of the patient logit for the position-aware heads) have the patient score as their
+    mean, and the decision is patient score >= threshold, both drawn on the same axis. When that
+    scale is not the reported probability's (a logit, or a calibrated bundle), the right axis
+    gives the patient probability a patient scoring there would get.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     p = prediction
+    ex = p.extra or {}
+    logit = p.scale == "logit"
+    calibrated = " calibrated" if ex.get("calibration") else ""
     slices = sorted(p.slices, key=lambda s: s.z_mm)
     z = [s.z_mm for s in slices]
-    scores = [s.score for s in slices]
-    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    reads = p.slice_reads
+    fig = Figure(figsize=(8.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if z:
@@ -151,36 +183,42 @@ def plot_curve(prediction: "PatientPrediction", path: str | os.PathLike, dpi: in
         ax.axvspan(lo, hi, color="tab:brown", alpha=0.08, lw=0, label="liver extent")
         ax.set_xlim(lo - pad, hi + pad)
         spread = _slice_spread(p)
-        n_members = (p.extra or {}).get("n_members", 1)
-        if spread:  # the ensemble's band: lowest to highest member score on each slice
+        n_members = ex.get("n_members", 1)
+        if spread and not logit:  # the ensemble's band: lowest to highest member score on each slice
             ax.fill_between(z, spread["score_min"], spread["score_max"], color="tab:blue", alpha=0.18, lw=0,
                             label=f"range across {n_members} models")
-        ax.plot(z, scores, "-o", color="tab:blue", ms=3, lw=1,
-                label="slice score" + (f" (mean of {n_members} models)" if spread else ""))
+        what = f"slice read ({p.patient_head} head: share of the patient logit x {p.n_slices})" if logit \
+            else "slice score"
+        ax.plot(z, reads, "-o", color="tab:blue", ms=3, lw=1,
+                label=what + (f", mean of {n_members} models" if n_members > 1 else ""))
         if hi > lo:  # d = 0 at the most inferior liver slice, 1 at the most superior
             top = ax.secondary_xaxis("top", functions=(lambda v: (v - lo) / (hi - lo), lambda d: lo + d * (hi - lo)))
             top.set_xlabel("position d in the liver (0 = inferior, 1 = superior)")
-    ex = p.extra or {}
-    if "raw_threshold" in ex:  # slice scores are uncalibrated: draw the decision on their scale
-        ax.axhline(ex["raw_threshold"], color="tab:red", lw=1.2, label=f"threshold {ex['raw_threshold']:.2f} (uncalibrated)")
-        ax.axhline(ex["raw_probability"], color="black", ls="--", lw=1,
-                   label=f"mean slice score {ex['raw_probability']:.2f} (calibrated P {p.probability:.2f})")
+    name = p.class_names[-1]
+    ax.axhline(p.score_threshold, color="tab:red", lw=1.2,
+               label=f"threshold (P{calibrated} = {p.threshold:.2f})")
+    ax.axhline(p.patient_score, color="black", ls="--", lw=1,
+               label=f"patient: mean of the slice {'reads' if logit else 'scores'} (P{calibrated} = {p.probability:.2f})")
+    axis = ex.get("probability_axis")
+    if logit and axis:
+        ax.set_ylim(axis["score"][0], axis["score"][-1])
     else:
-        ax.axhline(p.threshold, color="tab:red", lw=1.2, label=f"threshold {p.threshold:.2f}")
-        ax.axhline(p.probability, color="black", ls="--", lw=1, label=f"patient probability {p.probability:.2f}")
-    ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+    if axis and (logit or calibrated):
+        right = ax.twinx()
+        right.set_ylim(ax.get_ylim())
+        ticks = list(range(0, len(axis["score"]), max(1, (len(axis["score"]) - 1) // 5)))
+        right.set_yticks([axis["score"][i] for i in ticks], [f"{axis['probability'][i]:.2f}" for i in ticks])
+        right.set_ylabel(f"patient P({name}){calibrated} at this level")
     ax.set_xlabel("z (mm, LPS: inferior → superior)")
-    ax.set_ylabel(f"P({p.class_names[-1]}) per slice")
+    ax.set_ylabel("patient logit scale" if logit else f"P({name}), uncalibrated" if calibrated else f"P({name})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small", framealpha=0.8)
     from ..models.ensemble import spread_text
 
-    calibrated = " calibrated" if (p.extra or {}).get("calibration") else ""
-    headline = spread_text(p.extra or {}, p.probability).replace("P =", f"P({p.class_names[-1]}){calibrated} =")
-    # an ensemble's headline is long: the model name goes on a second line
-    sep = "\n" if (p.extra or {}).get("n_members", 1) > 1 or calibrated else " — "
-    ax.set_title(f"{headline} → {p.label_name} (threshold {p.threshold:.2f}){sep}model {p.model_name}",
-                 fontsize="medium")
+    headline = spread_text(ex, p.probability).replace("P =", f"P({name}){calibrated} =")
+    ax.set_title(f"{headline} → {p.label_name} (threshold {p.threshold:.2f})\nmodel {p.model_name}, "
+                 f"patient head {p.patient_head}", fontsize="medium")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
 

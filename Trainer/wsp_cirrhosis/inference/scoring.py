@@ -2,7 +2,8 @@
 
 `predict_patient` (or `load_model(...).predict`) is the one entry point of the CLI
 (`wsp-cirrhosis predict`, in predict.py) and the Slicer module. Preprocessing is `slices.prepare_ct`, never a copy; the patient
-probability is the mean of the slice probabilities over the liver slices (method.md).
+probability is read from the slices by the bundle's patient head (``models.patient_read``: the
+mean of the slice probabilities for ``mean``, method.md; a position-aware logit otherwise).
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ class SliceScore:
         slice_index: index of the slice along the slice axis of the image as given (not reoriented).
         z_mm: physical LPS z of the slice (superior coordinate), in mm.
         position: d in [0, 1], 0 = most inferior liver slice, 1 = most superior.
-        score: P(positive class) for this slice, in [0, 1].
+        score: P(positive class) for this slice read on its own, in [0, 1].
         center_lps: (x, y, z) physical LPS point at the liver box centre on this slice, in mm.
+        contribution: the slice's share of the patient score on the head's scale (``extra["scale"]``:
+            p_s / S for head mean, a share of the patient logit otherwise); they sum to
+            ``extra["patient_score"]``. n_slices x contribution is the slice's "read".
     """
 
     slice_index: int
@@ -55,6 +59,7 @@ class SliceScore:
     position: float
     score: float
     center_lps: tuple[float, float, float]
+    contribution: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class PatientPrediction:
     """The prediction for one patient; `slices` are ordered by z (inferior first).
 
     Attributes:
-        probability: patient_probability = mean of the slice scores, in [0, 1].
+        probability: the patient probability in [0, 1] (calibrated when the bundle is), read by
+            the bundle's patient head.
         label: 1 when probability >= threshold, else 0; an index into `class_names`.
         label_name: class_names[label].
         threshold: the bundle's decision threshold on the patient probability.
@@ -71,8 +77,8 @@ class PatientPrediction:
         slices: one SliceScore per liver slice.
         class_names: names of class 0 and class 1.
         timings: seconds spent per stage (read_s, preprocess_s, load_model_s, model_s, total_s).
-        extra: ensemble spread and calibration fields (ensemble.summarise); empty for one
-            uncalibrated model.
+        extra: the patient head and its scale, ensemble spread and calibration fields
+            (ensemble.summarise).
     """
 
     probability: float
@@ -95,6 +101,31 @@ class PatientPrediction:
     def slice_scores(self) -> np.ndarray:
         """(S,) float64 slice scores, ordered by z."""
         return np.array([s.score for s in self.slices], dtype=np.float64)
+
+    @property
+    def slice_reads(self) -> np.ndarray:
+        """(S,) float64 reads n_slices x contribution, ordered by z: the per-slice curve on the
+        patient's scale, whose mean is ``extra["patient_score"]``."""
+        return np.array([s.contribution for s in self.slices], dtype=np.float64) * self.n_slices
+
+    @property
+    def patient_head(self) -> str:
+        return str(self.extra.get("patient_head", "mean"))
+
+    @property
+    def scale(self) -> str:
+        """"probability" (head mean) or "logit": the scale of the slice reads and ``score_threshold``."""
+        return str(self.extra.get("scale", "probability"))
+
+    @property
+    def patient_score(self) -> float:
+        """The patient's read on ``scale`` (the uncalibrated probability, or the patient logit)."""
+        return float(self.extra.get("patient_score", self.extra.get("raw_probability", self.probability)))
+
+    @property
+    def score_threshold(self) -> float:
+        """The decision threshold on ``scale``: label 1 when ``patient_score`` >= it."""
+        return float(self.extra.get("threshold_on_scale", self.extra.get("raw_threshold", self.threshold)))
 
 
 def image_from_array(
@@ -240,14 +271,17 @@ class LoadedModel:
         if len(liver) == 0:
             raise InputError(f"{mask_name}: no liver slice in the image")
         with _timed(timings, "model_s"):
-            member_scores = self._score_slices(liver.slices, batch_size, report, cancel)
+            outputs = self._score_slices(liver.slices, batch_size, report, cancel)
+            from ..models.patient_read import model_heads, read_patient
+
+            read = read_patient(outputs, liver.positions, model_heads(self.model))
         order = np.argsort(liver.z_mm, kind="stable")  # prepare_ct already orders by z; keep it explicit
         from ..models.ensemble import summarise  # ensemble mean/spread and calibration
 
-        scores, probability, threshold, label, extra = summarise(member_scores, self.bundle, order)
+        scores, probability, threshold, label, extra = summarise(read, self.bundle, order)
         slices = [
             SliceScore(int(liver.slice_index[i]), float(liver.z_mm[i]), float(liver.positions[i]),
-                       float(scores[i]), tuple(float(c) for c in liver.center_lps[i]))
+                       float(scores[i]), tuple(float(c) for c in liver.center_lps[i]), float(read.contributions[i]))
             for i in order
         ]
         class_names = tuple(self.bundle.class_names)
@@ -261,13 +295,15 @@ class LoadedModel:
 
     def _score_slices(self, slices: np.ndarray, batch_size: int, report: ProgressFn,
                       cancel: CancelFn | None) -> np.ndarray:
-        """(S, H, W) float32 slices -> (S, M) float64 sigmoid scores of the M members (1 for one
-        model), `batch_size` slices at a time."""
+        """(S, H, W) float32 slices -> the members' outputs, `batch_size` slices at a time: (S, M)
+        float32 slice logits (head mean; M = 1 for one model) or (S, M, F) slice features (the
+        position-aware heads, read per patient by ``patient_read.read_patient``)."""
         import torch
 
         n = len(slices)
         n_batches = -(-n // batch_size)
-        scores = np.empty((n, getattr(self.bundle, "n_members", 1)), dtype=np.float64)
+        members = getattr(self.bundle, "n_members", 1)
+        outputs: list[np.ndarray] = []
         lo, hi = _MODEL_SHARE
         with torch.inference_mode(), _autocast(self.device, self.bf16):
             for b, start in enumerate(range(0, n, batch_size)):
@@ -275,12 +311,11 @@ class LoadedModel:
                 chunk = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
                 x = torch.from_numpy(chunk).unsqueeze(1).to(self.device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x).float().reshape(len(chunk), -1)
-                if logits.shape[1] != scores.shape[1]:
-                    raise RuntimeError(f"model returned {logits.numel()} logits for {len(chunk)} slices")
-                scores[start:start + len(chunk)] = torch.sigmoid(logits).cpu().numpy()
+                out = self.model(x).float().reshape(len(chunk), members, -1)
+                outputs.append(out.cpu().numpy())
                 report(lo + (hi - lo) * (b + 1) / n_batches, f"model: batch {b + 1}/{n_batches} ({n} slices)")
-        return scores
+        result = np.concatenate(outputs)
+        return result[..., 0] if result.shape[-1] == 1 else result
 
 
 def load_model(bundle: "ModelBundle | str | os.PathLike | None" = None, device: str = "auto",

@@ -6,10 +6,11 @@
     oof.json                                {"patients", "labels", "test_fold", "oof_probability"}
 
 `export --run <stem>.folds --ensemble` packs them into one bundle (model.pt holds
-{"members": [{"encoder", "classifier"}, ...]}). At prediction time every member scores every
-slice; the slice score is the members' mean, the patient probability the mean over slices (=
-the mean of the members' patient probabilities), and the spread across members (min, max, std,
-ddof=0) is reported per patient and per slice (`summarise`).
+{"members": [{"encoder", "classifier" | "patient_head"}, ...]}). At prediction time every member
+scores every slice; the slice score is the members' mean; the patient is read as
+``patient_read.read_patient`` says (head mean: the mean over slices = the mean of the members'
+patient probabilities; bands / attention: the mean of the members' patient logits), and the
+spread across members (min, max, std, ddof=0) is reported per patient and per slice (`summarise`).
 """
 
 from __future__ import annotations
@@ -38,15 +39,14 @@ def folds_dir_of(json_path: str | Path) -> Path:
 
 def save_fold_model(folder: Path, model: nn.Module, preprocess: dict[str, Any], threshold: float,
                     summary: dict[str, Any]) -> Path:
-    """One fold's fine-tuned SliceClassifier as `folder/model.pt` (finetune's format)."""
+    """One fold's fine-tuned model (any patient head) as `folder/model.pt` (finetune's format)."""
     from ..files import save_torch_atomic
     from .heads import CLASS_NAMES
+    from .saved import model_states
 
     folder.mkdir(parents=True, exist_ok=True)
     save_torch_atomic({
-        "encoder_name": model.encoder_name,
-        "encoder_state": {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()},
-        "classifier_state": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+        **model_states(model),
         "preprocess": dict(preprocess), "threshold": float(threshold), "class_names": list(CLASS_NAMES),
         "training_summary": summary, "metrics": {},
     }, folder / "model.pt")
@@ -87,6 +87,11 @@ def read_oof(path: str | Path) -> tuple[np.ndarray, np.ndarray, str]:
     return labels, probs, str(path)
 
 
+def _entry(model_pt: dict[str, Any], key: str) -> Any:
+    """A model.pt entry; fold models older than patient heads read as head ``mean``."""
+    return model_pt.get(key, {"name": "mean"}) if key == "patient_head" else model_pt.get(key)
+
+
 def read_fold_models(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The fold models of a `--keep-fold-models` folder, in fold order, checked for agreement.
 
@@ -109,20 +114,21 @@ def read_fold_models(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
             raise InputError(f"{path}: not a readable fold model ({exc})") from None
     first_path, first = members[0]
     for path, m in members[1:]:
-        for key in ("encoder_name", "preprocess", "class_names"):
-            if m.get(key) != first.get(key):
+        for key in ("encoder_name", "preprocess", "class_names", "patient_head"):
+            if _entry(m, key) != _entry(first, key):
                 diff = key
                 if key == "preprocess" and isinstance(m.get(key), dict) and isinstance(first.get(key), dict):
                     keys = sorted(set(m[key]) | set(first[key]))
                     diff = ", ".join(f"{k} {m[key].get(k)!r} vs {first[key].get(k)!r}"
                                      for k in keys if m[key].get(k) != first[key].get(k))
                 raise InputError(f"{path}: ensemble members disagree on {key} ({diff}; reference {first_path}); "
-                                 "all members must share architecture and preprocessing")
+                                 "all members must share architecture, patient head and preprocessing")
     return members
 
 
 class EnsembleClassifier(nn.Module):
-    """M SliceClassifiers: (B, 1, H, W) slices -> (B, M) logits, one column per member."""
+    """M fine-tuned models: (B, 1, H, W) slices -> (B, M) logits (SliceClassifiers) or (B, M, F)
+    features (PatientClassifiers, each member's head reads its own column: ``patient_read``)."""
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -134,35 +140,57 @@ class EnsembleClassifier(nn.Module):
         return torch.stack([m(x) for m in self.members], dim=1)
 
 
-def summarise(member_scores: np.ndarray, bundle: Any,
-              order: np.ndarray) -> tuple[np.ndarray, float, float, int, dict[str, Any]]:
-    """Members' slice scores -> (slice scores, patient probability, threshold, label, extra fields).
+def _probability_axis(read: Any, threshold: float, spec: dict[str, Any] | None, points: int = 41) -> dict[str, list]:
+    """{"score": grid on the read's scale, "probability": the (calibrated) patient probability a
+    patient scoring there would get}: the second axis of curve.png, which puts the slice reads,
+    the patient score and its threshold on the calibrated probability's scale. The grid spans
+    [0, 1] (probability scale) or the reads, score and threshold with a margin (logit scale)."""
+    from .calibration import apply_calibration
+
+    if read.scale == "probability":
+        grid = np.linspace(0.0, 1.0, points)
+        raw = grid
+    else:
+        values = np.concatenate([read.reads, [read.score, threshold]])
+        grid = np.linspace(values.min() - 0.5, values.max() + 0.5, points)
+        raw = 1.0 / (1.0 + np.exp(-grid))
+    probability = apply_calibration(spec, raw) if spec else raw
+    return {"score": [float(v) for v in grid], "probability": [float(v) for v in np.asarray(probability)]}
+
+
+def summarise(read: Any, bundle: Any, order: np.ndarray) -> tuple[np.ndarray, float, float, int, dict[str, Any]]:
+    """A patient's read -> (slice scores, patient probability, threshold, label, extra fields).
 
     Args:
-        member_scores: (S,) or (S, M) sigmoid scores per slice (and member), slices in the
-            order of `prepare_ct`.
+        read: the ``patient_read.PatientRead`` of the bundle's members, slices in the order of
+            ``prepare_ct``.
         bundle: the ModelBundle (its calibration and threshold).
         order: the order in which the prediction lists the slices (by z).
 
     Returns:
         slice scores (S,) = mean over members; probability = calibrated (if the bundle has a
-        calibrator) mean over slices; the threshold on that scale; the label (raw probability >=
-        the bundle's threshold, as without calibration); and the extra fields of
-        prediction.json ("n_members", "raw_probability", "member_probabilities",
-        "probability_min/max/std", "slice_min/max/std", "calibration") -- empty for a
-        single uncalibrated model, so its output stays as before.
+        calibrator) raw patient probability; the threshold on that scale; the label (raw
+        probability >= the bundle's threshold, as without calibration); and the extra fields of
+        prediction.json: always "patient_head", "scale", "patient_score" (the patient's read on
+        ``scale``: the mean of the slice reads), "threshold_on_scale" (the bundle's threshold
+        there) and "probability_axis" (``_probability_axis``); "slice_attention" (z order) for
+        the attention head;
+        for an ensemble "n_members", "member_probabilities", "probability_min/max/std",
+        "slice_min/max/std"; with a calibrator "raw_probability", "raw_threshold", "calibration".
     """
     from .calibration import apply_calibration
+    from .patient_read import threshold_on_scale
 
-    scores = np.asarray(member_scores, dtype=np.float64)
-    if scores.ndim == 1:
-        scores = scores[:, None]
-    slice_scores = scores.mean(axis=1)
-    raw = float(slice_scores.mean())
-    member_p = scores.mean(axis=0)  # each member's patient probability
+    o = np.asarray(order)
+    scores = read.member_slice_scores
+    raw, member_p = float(read.probability), np.asarray(read.member_probabilities, dtype=np.float64)
     spec = bundle.meta.get("calibration") if isinstance(getattr(bundle, "meta", None), dict) else None
     threshold = float(bundle.threshold)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"patient_head": read.head, "scale": read.scale, "patient_score": read.score,
+                             "threshold_on_scale": threshold_on_scale(threshold, read.scale)}
+    extra["probability_axis"] = _probability_axis(read, extra["threshold_on_scale"], spec)
+    if read.weights is not None:
+        extra["slice_attention"] = [float(v) for v in read.weights[o]]
     probability = raw
     if spec:
         # A monotone map: calibrated P >= calibrated threshold exactly when raw P >= raw threshold
@@ -173,14 +201,13 @@ def summarise(member_scores: np.ndarray, bundle: Any,
                      calibration={"method": spec["method"], "n_patients": spec.get("n_patients")})
         threshold = float(apply_calibration(spec, threshold))
     if scores.shape[1] > 1:
-        o = np.asarray(order)
         extra.update(n_members=int(scores.shape[1]), member_probabilities=[float(v) for v in member_p],
                      probability_min=float(member_p.min()), probability_max=float(member_p.max()),
                      probability_std=float(member_p.std()),
                      slice_min=[float(v) for v in scores.min(axis=1)[o]],
                      slice_max=[float(v) for v in scores.max(axis=1)[o]],
                      slice_std=[float(v) for v in scores.std(axis=1)[o]])
-    return slice_scores, probability, threshold, int(raw >= float(bundle.threshold)), extra
+    return read.slice_scores, probability, threshold, int(raw >= float(bundle.threshold)), extra
 
 
 def spread_text(extra: dict[str, Any], probability: float) -> str:

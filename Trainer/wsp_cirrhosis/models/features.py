@@ -104,5 +104,16 @@ def slice_probabilities(model: nn.Module, slices: Any, device: str | torch.devic
 
 def patient_probabilities(model: nn.Module, patients: Sequence[Any], device: str | torch.device = "auto",
                           batch_size: int = 32) -> np.ndarray:
-    """Patient probability = mean of its slice probabilities (method.md, "Evaluation"); (P,) float64."""
-    return np.array([slice_probabilities(model, p.slices, device, batch_size).mean() for p in patients])
+    """(P,) float64 raw patient probabilities of a fine-tuned model, read by its patient head.
+
+    A SliceClassifier (head ``mean``): the mean of the slice probabilities (method.md,
+    "Evaluation"). A PatientClassifier (``bands``, ``attention``): sigmoid of the head's logit
+    over all of the patient's slices and their heights (``patient_read.read_patient``).
+    """
+    from .patient_read import model_heads, read_patient
+
+    heads = model_heads(model)
+    if heads is None:
+        return np.array([slice_probabilities(model, p.slices, device, batch_size).mean() for p in patients])
+    return np.array([read_patient(batched_outputs(model, p.slices, device, batch_size), p.positions, heads).probability
+                     for p in patients])

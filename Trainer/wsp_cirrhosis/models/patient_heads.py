@@ -24,9 +24,9 @@ import math
 import torch
 from torch import nn
 
+from ..config import PATIENT_HEADS
 from ..errors import ConfigError
-
-PATIENT_HEADS = ("mean", "bands", "attention")
+from .encoders import encoder_name_of
 
 
 class PatientHead(nn.Module):
@@ -155,3 +155,34 @@ def head_from_config(config: dict) -> PatientHead:
     """Rebuild a head from ``PatientHead.config()`` (weights loaded separately)."""
     options = {k: v for k, v in config.items() if k != "name"}
     return build_patient_head(config["name"], **options)
+
+
+class PatientClassifier(nn.Module):
+    """Encoder + patient head, fine-tuned end to end on patient bags (``training.loop.bag_step``).
+
+    ``forward(x)`` gives the encoder's (B, F) slice features; the head then reads one patient at
+    a time: ``read(h, d)`` -> (patient logit, contributions). Kept apart so inference can run the
+    encoder in batches and the head once per patient.
+
+    Attributes:
+        encoder_name: key of the encoder in ``ENCODERS``.
+        threshold: decision threshold on the patient probability sigmoid(patient logit).
+    """
+
+    def __init__(self, encoder: nn.Module, head: PatientHead, encoder_name: str | None = None) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.encoder_name = encoder_name or encoder_name_of(encoder)
+        self.threshold = 0.5
+
+    @property
+    def patient_head(self) -> str:
+        return self.head.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: (B, 1, H, W) slices in [0, 1]. Returns: (B, F) features."""
+        return self.encoder(x)
+
+    def read(self, h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One patient's (S, F) features and (S,) heights -> (patient logit, (S,) contributions)."""
+        return self.head(h, d)

@@ -1,8 +1,16 @@
 """`wsp-cirrhosis finetune`, and ``fit_classifier`` (the same training, no files) for evaluation.
 
-A SliceClassifier (encoder + linear head) is trained with BCE on the histology label of each
-slice, histology-balanced (``samplers.SliceSampler``); the patient probability is the mean of its
-slice probabilities, and the decision threshold is Youden's on the training patients.
+``--patient-head mean`` (the paper's): a SliceClassifier (encoder + linear head) is trained with
+BCE on the histology label of each slice, histology-balanced (``samplers.SliceSampler``); the
+patient probability is the mean of its slice probabilities.
+
+``--patient-head bands|attention``: a PatientClassifier (encoder + position-aware patient head,
+``models.patient_heads``) is trained with BCE on the patient logit of position-stratified bags of
+``--bag-size`` slices per patient, histology-balanced (``samplers.BagSampler``,
+``loop.bag_step``); with ``--freeze`` only the head learns. At read time the head sees all of a
+patient's slices.
+
+Either way the decision threshold is Youden's on the training patients' raw patient probabilities.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ from ..files import save_torch_atomic
 from ..models.calibration import youden_threshold
 from ..models.features import load_pretrained_encoder, patient_probabilities
 from ..models.heads import CLASS_NAMES, SliceClassifier
+from ..models.patient_heads import PatientClassifier, build_patient_head
+from ..models.saved import model_states
 from .checkpoints import create_run_dir, load_patients, read_metrics, resolve_resume
-from .loop import classifier_step, train_loop
-from .samplers import SliceSampler
+from .loop import bag_step, classifier_step, train_loop
+from .samplers import BagSampler, SliceSampler
 
 log = logging.getLogger("wsp_cirrhosis")
 
@@ -52,18 +62,29 @@ def check_histology(patients: Sequence[Any], where: str) -> np.ndarray:
 
 
 def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, freeze: bool, seed: int,
-              slices_per_patient: int | None, run_dir: Path | None, device: torch.device) -> SliceClassifier:
+              slices_per_patient: int | None, run_dir: Path | None, device: torch.device,
+              patient_head: str = "mean", bag_size: int = 8) -> nn.Module:
     labels = check_histology(patients, str(run_dir or "fine-tuning"))
+    n_slices = [len(p.slices) for p in patients]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SliceClassifier(encoder)
-    sampler = SliceSampler(labels, [len(p.slices) for p in patients], tcfg.batch_size, seed,
-                           slices_per_patient, True, get_rank(), get_world_size())
+        if patient_head == "mean":
+            model: nn.Module = SliceClassifier(encoder)
+        else:
+            model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
+    if patient_head == "mean":
+        sampler: SliceSampler | BagSampler = SliceSampler(labels, n_slices, tcfg.batch_size, seed, slices_per_patient,
+                                                          True, get_rank(), get_world_size())
+    else:
+        sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
+    offset = sampler.rows.start
     model.encoder.requires_grad_(not freeze)
     params = list(model.head.parameters()) if freeze else list(model.parameters())
 
     def step(net: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        return classifier_step(net, batch, gen, offset=sampler.rows.start, total=tcfg.batch_size, bf16=tcfg.bf16)
+        if patient_head == "mean":
+            return classifier_step(net, batch, gen, offset=offset, total=tcfg.batch_size, bf16=tcfg.bf16)
+        return bag_step(net, batch, gen, bag_size=bag_size, offset=offset, total=tcfg.batch_size, bf16=tcfg.bf16)
 
     tcfg = dataclasses.replace(tcfg, seed=seed)
     train_loop(model, params, sampler, patients, step, tcfg, device, run_dir, freeze, desc="finetune")
@@ -71,23 +92,27 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
 
 
 def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: TrainConfig, freeze: bool = False,
-                   seed: int | None = None, slices_per_patient: int | None = None) -> SliceClassifier:
-    """Train a SliceClassifier on histology labels (no files written; single process).
+                   seed: int | None = None, slices_per_patient: int | None = None, patient_head: str = "mean",
+                   bag_size: int = 8) -> nn.Module:
+    """Fine-tune ``encoder`` with a patient head on histology labels (no files written; single process).
 
     Args:
         encoder: starting encoder; trained in place unless ``freeze``.
         patients: CachedPatient-like objects with ``.histo_label`` in {0, 1} (both present).
         train_cfg: epochs, batch size, lr, weight decay, device, bf16 (resume and force unused).
-        freeze: train the classifier head only (encoder in eval mode, no gradient).
+        freeze: train the head only (encoder in eval mode, no gradient).
         seed: head init, sampling and augmentation seed (default ``train_cfg.seed``).
-        slices_per_patient: slices per patient per epoch (None: all).
+        slices_per_patient: slices per patient per epoch (None: all; ``mean`` only).
+        patient_head: "mean" (a SliceClassifier), "bands" or "attention" (a PatientClassifier).
+        bag_size: slices per patient bag (position-aware heads).
 
     Returns:
-        The classifier, in eval mode, on ``train_cfg.device``.
+        The model, in eval mode, on ``train_cfg.device``.
     """
     seed = train_cfg.seed if seed is None else seed
     tcfg = dataclasses.replace(train_cfg, resume=False)
-    return _finetune(encoder, patients, tcfg, freeze, seed, slices_per_patient, None, resolve_device(train_cfg.device))
+    return _finetune(encoder, patients, tcfg, freeze, seed, slices_per_patient, None, resolve_device(train_cfg.device),
+                     patient_head, bag_size)
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
@@ -112,22 +137,20 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                               f"({get_world_size()})")
         run_dir = create_run_dir(cfg, "finetune")
         model = _finetune(encoder, patients, cfg.train, cfg.freeze, cfg.train.seed, cfg.slices_per_patient or None,
-                          run_dir, device)
+                          run_dir, device, cfg.patient_head, cfg.bag_size)
         if is_rank_zero():
             probs = patient_probabilities(model, patients, device, cfg.train.batch_size)
             threshold = youden_threshold(labels, probs)
             predicted = probs >= threshold
             history = read_metrics(run_dir)
             save_torch_atomic({
-                "encoder_name": name,
-                "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
-                "classifier_state": {k: v.cpu() for k, v in model.head.state_dict().items()},
+                **model_states(model),
                 "preprocess": to_dict(cfg.preprocess), "threshold": threshold, "class_names": list(CLASS_NAMES),
                 "training_summary": {
                     "manifest": str(cfg.manifest), "n_patients": len(patients), "n_positive": int(labels.sum()),
                     "n_negative": int((labels == 0).sum()), "n_slices": int(sum(len(p.slices) for p in patients)),
-                    "init": str(cfg.init or "none"), "freeze": cfg.freeze, "epochs": cfg.train.epochs,
-                    "seed": cfg.train.seed, "world_size": get_world_size(),
+                    "init": str(cfg.init or "none"), "freeze": cfg.freeze, "patient_head": cfg.patient_head,
+                    "bag_size": cfg.bag_size, "epochs": cfg.train.epochs, "seed": cfg.train.seed, "world_size": get_world_size(),
                 },
                 "metrics": {
                     "train_auc": float(roc_auc_score(labels, probs)),
@@ -136,7 +159,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                     "final_loss": history[-1]["loss"] if history else None,
                 },
             }, run_dir / "model.pt")
-            log.info("fine-tuned model: %s (threshold %.3f)", run_dir / "model.pt", threshold)
+            log.info("fine-tuned model: %s (patient head %s, threshold %.3f)", run_dir / "model.pt", cfg.patient_head,
+                     threshold)
         barrier()
         return 0
     finally:

@@ -42,7 +42,7 @@ from ..progress import track
 from .augment import Augment, random_views
 from .checkpoints import load_checkpoint, save_checkpoint, write_metrics
 from .losses import contrastive_loss
-from .samplers import PatientSampler, SliceSampler, load_batch, prefetch
+from .samplers import BagSampler, PatientSampler, SliceSampler, load_batch, prefetch
 
 log = logging.getLogger("wsp_cirrhosis")
 StepFn = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]
@@ -144,6 +144,31 @@ def classifier_step(net: nn.Module, batch: dict, generator: torch.Generator, *, 
     return mean_over_ranks(loss)
 
 
+def bag_step(net: nn.Module, batch: dict, generator: torch.Generator, *, bag_size: int, offset: int = 0,
+             total: int | None = None, bf16: bool = False, augment: Augment = Augment()) -> torch.Tensor:
+    """Forward + backward of one patient-bag batch: BCE of each bag's patient logit on its histology label.
+
+    Args:
+        net: a ``models.patient_heads.PatientClassifier`` (``.encoder``, ``.read(h, d)``).
+        batch: this rank's whole bags, patient-major (``samplers.BagSampler``): "images"
+            (b, 1, H, W), "positions" (b,), "histo_labels" (b,).
+        bag_size: slices per bag (b is a multiple of it).
+
+    Returns:
+        The mean BCE over the bags of the global batch (scalar, detached).
+    """
+    (x,) = random_views(batch["images"], generator, augment, 1, offset, total)
+    with _autocast(x.device, bf16):
+        h = net.encoder(_layout(x, bf16))
+    h = _at_least_float32(h).reshape(-1, bag_size, h.shape[-1])
+    d = batch["positions"].reshape(-1, bag_size).to(h.dtype)
+    logits = torch.stack([net.read(h_p, d_p)[0] for h_p, d_p in zip(h, d)])
+    y = batch["histo_labels"].reshape(-1, bag_size)[:, 0].to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, y)
+    loss.backward()
+    return mean_over_ranks(loss)
+
+
 def _host_batch(patients: Sequence[Any], patient_idx: np.ndarray, slice_idx: np.ndarray, pin: bool) -> dict:
     b = load_batch(patients, patient_idx, slice_idx)
     out = {"images": torch.from_numpy(b.images).unsqueeze(1), "labels": torch.from_numpy(b.labels),
@@ -194,7 +219,7 @@ def _average_buffers(model: nn.Module) -> None:
             b.copy_(part.view_as(b))
 
 
-def train_loop(model: nn.Module, params: list[nn.Parameter], sampler: PatientSampler | SliceSampler,
+def train_loop(model: nn.Module, params: list[nn.Parameter], sampler: PatientSampler | SliceSampler | BagSampler,
                patients: Sequence[Any], step_fn: StepFn, tcfg: TrainConfig, device: torch.device,
                run_dir: Path | None = None, freeze_encoder: bool = False, desc: str = "train",
                on_epoch_end: EpochHook | None = None, initial_line: dict | None = None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Samplers and batch loading: one slice per patient for pretraining, balanced slices for finetuning.
+"""Samplers and batch loading: one slice per patient for pretraining, balanced slices (or patient
+bags, for the position-aware patient heads) for finetuning.
 
 Sampling is a pure function of (seed, epoch): every rank computes the same global batches and
 keeps its own contiguous part (rank r of K holds rows ``[r * B / K, (r + 1) * B / K)``, the
@@ -168,6 +169,61 @@ class SliceSampler:
     def state_dict(self) -> dict[str, int]:
         """Everything that determines the batches (they are a function of (seed, epoch))."""
         return {"seed": self.seed, "batch_size": self.batch_size}
+
+
+class BagSampler:
+    """Patient-head fine-tuning batches: whole bags of ``bag_size`` slices of ``batch_size // bag_size`` patients.
+
+    Each epoch lists every patient once, oversamples the minority histology class (with
+    replacement) to the size of the majority, shuffles, and wraps around to whole batches. A bag
+    is position-stratified: the patient's slices (in z order, d increasing) are cut into
+    ``bag_size`` equal strata and one slice is drawn in each (with replacement when the patient
+    has fewer slices than ``bag_size``), so every bag spans the whole liver height. Rows of a
+    batch are patient-major (bag p holds rows ``p * bag_size .. (p + 1) * bag_size - 1``); a rank
+    keeps whole bags.
+
+    Raises:
+        ConfigError: ``batch_size`` not a multiple of ``bag_size`` x the number of processes.
+    """
+
+    def __init__(self, labels: Sequence[int], n_slices: Sequence[int], batch_size: int, bag_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n_slices = np.asarray(n_slices, dtype=np.int64)
+        if bag_size < 1 or batch_size % (bag_size * world_size):
+            raise ConfigError(f"--batch-size {batch_size} must be a multiple of --bag-size {bag_size} x the number "
+                              f"of processes ({world_size}): every process trains on whole patient bags")
+        self.batch_size, self.bag_size, self.seed, self.world_size = batch_size, bag_size, seed, world_size
+        self.patients_per_step = batch_size // bag_size
+        self.rows = _rank_rows(batch_size, rank, world_size)
+        counts = [int((self.labels == c).sum()) for c in np.unique(self.labels)]
+        self.steps_per_epoch = max(1, math.ceil(max(counts) * len(counts) / self.patients_per_step))
+
+    def bag(self, patient: int, rng: np.random.Generator) -> np.ndarray:
+        """(bag_size,) slice indices of one position-stratified bag, increasing."""
+        n, k = int(self.n_slices[patient]), self.bag_size
+        lo = np.floor(np.arange(k) * n / k).astype(np.int64)
+        hi = np.maximum(np.floor(np.arange(1, k + 1) * n / k).astype(np.int64), lo + 1)
+        return np.minimum(lo + np.floor(rng.random(k) * (hi - lo)).astype(np.int64), n - 1)
+
+    def epoch(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This rank's (patient indices (b,), slice indices (b,)) for every batch of ``epoch``."""
+        rng = _rng(self.seed, epoch)
+        pools = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        target = max(len(pool) for pool in pools)
+        pools = [np.concatenate([pool, pool[rng.integers(0, len(pool), target - len(pool))]]) for pool in pools]
+        order = np.concatenate(pools)[rng.permutation(target * len(pools))]
+        order = order[np.arange(self.steps_per_epoch * self.patients_per_step) % len(order)]
+        out = []
+        for step in order.reshape(self.steps_per_epoch, self.patients_per_step):
+            patients = np.repeat(step, self.bag_size)
+            slices = np.concatenate([self.bag(int(p), rng) for p in step])
+            out.append((patients[self.rows], slices[self.rows]))
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        """Everything that determines the batches (they are a function of (seed, epoch))."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "bag_size": self.bag_size}
 
 
 def load_batch(patients: Sequence[Any], patient_idx: np.ndarray, slice_idx: np.ndarray) -> Batch:
