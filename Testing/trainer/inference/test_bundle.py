@@ -123,29 +123,34 @@ def test_default_bundle_path_follows_the_environment_variable(bundle_dir, tmp_pa
             default_bundle_path()
 
 
-def _write_v1_bundle(run: Path, out: Path) -> Path:
-    """A bundle written the way format version 1 did (before ensembles and calibration)."""
+def _write_old_bundle(run: Path, out: Path, version: int = 1) -> Path:
+    """A bundle written the way format version 1 (before ensembles and calibration) or 2 (before
+    patient heads) did."""
     from wsp_cirrhosis.files import sha256_file
 
     trained = torch.load(run / "model.pt", weights_only=True)
     out.mkdir()
     torch.save({"encoder": trained["encoder_state"], "classifier": trained["classifier_state"]}, out / "model.pt")
-    meta = {"format_version": 1, "name": "old", "architecture": trained["encoder_name"],
+    meta = {"format_version": version, "name": "old", "architecture": trained["encoder_name"],
             "preprocess": trained["preprocess"], "threshold": float(trained["threshold"]),
             "class_names": list(trained["class_names"]), "training": {}, "metrics": {},
             "software_versions": {"wsp_cirrhosis": "0.1.0"}, "created": "2026-12-01T00:00:00+00:00",
             "source_run": str(run), "model_sha256": sha256_file(out / "model.pt")}
+    if version == 2:
+        meta.update(n_members=1, calibration=None)
     (out / "bundle.json").write_text(json.dumps(meta))
     return out
 
 
-def test_a_format_1_bundle_still_loads_as_one_uncalibrated_model(finetuned, bundle_dir, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_format_1_and_2_bundles_still_load_as_one_mean_head_model(finetuned, bundle_dir, tmp_path, version):
     cohort, run = finetuned
-    old = load_bundle(_write_v1_bundle(run, tmp_path / "old"))
-    assert old.meta["format_version"] == 1 and old.n_members == 1 and old.calibration is None
+    old = load_bundle(_write_old_bundle(run, tmp_path / "old", version))
+    assert old.meta["format_version"] == version and old.n_members == 1 and old.calibration is None
+    assert old.patient_head == "mean" and isinstance(old.build_model(), SliceClassifier)
     patients = load_cohort(cohort / "histo.csv", old.preprocess)
     new = load_bundle(bundle_dir)
-    assert new.meta["format_version"] == FORMAT_VERSION == 2 and new.meta["n_members"] == 1
-    assert new.meta["calibration"] is None
+    assert new.meta["format_version"] == FORMAT_VERSION == 3 and new.meta["n_members"] == 1
+    assert new.meta["calibration"] is None and new.meta["patient_head"] == {"name": "mean"}
     assert (patient_probabilities(old.build_model(), patients, "cpu", 64)
             == patient_probabilities(new.build_model(), patients, "cpu", 64)).all()

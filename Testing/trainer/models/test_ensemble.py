@@ -74,7 +74,8 @@ def test_evaluate_reports_calibration_and_keeps_the_fold_models(evaluated):
 def test_ensemble_bundle_records_members_and_calibrator(ensemble_dir, evaluated):
     bundle = load_bundle(ensemble_dir)
     meta = json.loads((ensemble_dir / "bundle.json").read_text())
-    assert meta["format_version"] == 2 and meta["n_members"] == bundle.n_members == 2
+    assert meta["format_version"] == 3 and meta["n_members"] == bundle.n_members == 2
+    assert meta["patient_head"] == {"name": "mean"} and bundle.patient_head == "mean"
     assert meta["calibration"]["method"] == "platt" and meta["calibration"]["n_patients"] == 6
     assert meta["threshold_rule"] == "youden_out_of_fold"
     assert len(torch.load(ensemble_dir / "model.pt", weights_only=True)["members"]) == 2

@@ -107,7 +107,9 @@ def test_monitors_rise_with_a_learnable_signal_and_stay_at_chance_without(shuffl
     knn_first, knn_last = monitor_summary(run)["knn_bal_acc"]
     excess = lines[-1]["loss_excess"]
     if shuffle:
-        assert knn_last < 0.5 and excess > 0.95  # chance is 1/3; the loss cannot leave the collapsed value
+        # chance is 1/3, but on 9 held-out patients (3 per class) one kNN score moves in steps of 1/9
+        # (SD about 0.16 at chance; 0.5 was measured on a fresh install): the loss is the sharper check
+        assert knn_last < 0.6 and excess > 0.95  # the loss cannot leave the collapsed value
     else:
         assert knn_last > 0.65 and knn_last > knn_first + 0.1 and excess < 0.9
 
