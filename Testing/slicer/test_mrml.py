@@ -169,10 +169,14 @@ def test_process_writes_table_plot_and_chart(scene, bundle_dir):
     chart = result.chart
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
-    assert [(s.GetXColumnName(), s.GetYColumnName()) for s in series] == [("S", "score"), ("S", "threshold")]
+    # one scale: the curve is each slice's read (its score, for head mean), the line the threshold there
+    assert [(s.GetXColumnName(), s.GetYColumnName()) for s in series] == [("S", "read"), ("S", "threshold")]
     assert series[0].GetTableNode() is table
+    np.testing.assert_allclose(column(table, "read"), column(table, "score"), atol=1e-6)
+    np.testing.assert_allclose(column(table, "contribution").sum(), result.probability, atol=1e-6)
     np.testing.assert_allclose(column(series[1].GetTableNode(), "threshold"), [0.5, 0.5])
     summary = dict(zip(*(strings(result.summaryTable, c) for c in ("property", "value"))))
+    assert summary["patient head"] == "mean" and float(summary["threshold (probability scale)"]) == 0.5
     assert float(summary["cirrhosis probability"]) == pytest.approx(result.probability, abs=1e-4)
     assert summary["model"] == "tiny-test" and summary["device"] == "cpu"
     sh = scene.GetSubjectHierarchyNode()

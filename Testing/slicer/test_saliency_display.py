@@ -89,4 +89,7 @@ def test_summary_line_shows_the_spread_of_an_ensemble():
     ensemble = PatientPrediction(0.62, 1, "cirrhosis", 0.5, "m", "x", "cpu", slices, extra=extra)
     assert panel.resultText(ensemble).startswith("P = 0.62 (0.48-0.71 across 5 models) -> cirrhosis")
     single = PatientPrediction(0.62, 1, "cirrhosis", 0.5, "m", "x", "cpu", slices)
-    assert panel.resultText(single).startswith("P = 0.62 -> cirrhosis (threshold 0.50, 1 slices")
+    assert panel.resultText(single).startswith("P = 0.62 -> cirrhosis (threshold 0.50, mean head, 1 slices")
+    attention = PatientPrediction(0.62, 1, "cirrhosis", 0.5, "m", "x", "cpu", slices,
+                                  extra={"patient_head": "attention", "scale": "logit"})
+    assert "(threshold 0.50, attention head, 1 slices" in panel.resultText(attention)

@@ -290,6 +290,9 @@ class BenchmarkConfig:
     label_sizes: str = opt("", "label-efficiency curve: also fit the frozen probes on this many training patients, "
                            "e.g. 10,20,40 (all is always there)")
     finetune_slices: int = opt(0, "fine-tuning slices drawn per patient and epoch (0 = all slices)")
+    patient_heads: str = opt("mean", "comma-separated patient heads of the finetune protocol: mean, bands, attention "
+                             "(protocols finetune, finetune_bands, finetune_attention; see finetune --patient-head)")
+    bag_size: int = opt(8, _BAG_HELP)
     batch_size: int = opt(64, "pretraining batch size")
     lr: float = opt(1e-3, "pretraining learning rate (the default recipe's; the paper's head needs ~1e-4)")
     head_norm: str = opt("batch", "projection-head normalisation of every pretraining cell (see pretrain --head-norm)",

@@ -12,7 +12,7 @@ import vtk
 
 import slicer
 
-SLICE_COLUMNS = ("slice_index", "R", "A", "S", "position", "score")
+SLICE_COLUMNS = ("slice_index", "R", "A", "S", "position", "score", "contribution", "read")
 COLUMN_UNITS = {"R": "mm", "A": "mm", "S": "mm"}
 COLUMN_DESCRIPTIONS = {
     "slice_index": "Index of the slice along the CT volume's slice axis (as stored)",
@@ -20,7 +20,9 @@ COLUMN_DESCRIPTIONS = {
     "A": "Anterior coordinate of the liver centre on the slice (world RAS)",
     "S": "Superior coordinate of the slice (world RAS)",
     "position": "Position d of the slice in the liver: 0 = most inferior, 1 = most superior liver slice",
-    "score": "Slice cirrhosis probability from the model, 0..1",
+    "score": "Slice cirrhosis probability from the model read on its own, 0..1",
+    "contribution": "Share of the patient score on the model's scale (the contributions sum to the patient score)",
+    "read": "Number of slices x contribution: the charted curve, whose mean is the patient score",
 }
 SCORE_COLOR = (0.12, 0.47, 0.71)
 THRESHOLD_COLOR = (0.84, 0.15, 0.16)
@@ -33,8 +35,8 @@ class OutputNodes:
     sliceTable: object  # vtkMRMLTableNode, columns SLICE_COLUMNS, rows ordered by S
     summaryTable: object  # vtkMRMLTableNode, columns "property", "value"
     thresholdTable: object  # vtkMRMLTableNode, 2 rows: the threshold line of the chart
-    scoreSeries: object  # vtkMRMLPlotSeriesNode, score vs S
-    thresholdSeries: object  # vtkMRMLPlotSeriesNode, threshold vs S
+    scoreSeries: object  # vtkMRMLPlotSeriesNode, read vs S (the slice score for head mean)
+    thresholdSeries: object  # vtkMRMLPlotSeriesNode, threshold on the read's scale vs S
     chart: object  # vtkMRMLPlotChartNode
     folderItemId: int  # subject-hierarchy folder holding the nodes above
 
@@ -68,19 +70,25 @@ def createOutputNodes(scene, prediction, volumeNode, extraSummary: dict | None =
         thresholdTable = _addNode(scene, created, "vtkMRMLTableNode", f"{baseName} WSP threshold")
         _fillThresholdTable(thresholdTable, prediction)
 
-        scoreSeries = _addNode(scene, created, "vtkMRMLPlotSeriesNode", "slice score")
-        _configureSeries(scoreSeries, sliceTable, "S", "score", SCORE_COLOR, dashed=False)
-        thresholdSeries = _addNode(scene, created, "vtkMRMLPlotSeriesNode", f"threshold {prediction.threshold:g}")
+        # One scale: the curve (each slice's read) has the patient score as its mean, and the
+        # threshold line is the decision threshold on that same scale.
+        logit = prediction.scale == "logit"
+        scoreSeries = _addNode(scene, created, "vtkMRMLPlotSeriesNode", "slice read" if logit else "slice score")
+        _configureSeries(scoreSeries, sliceTable, "S", "read", SCORE_COLOR, dashed=False)
+        thresholdSeries = _addNode(scene, created, "vtkMRMLPlotSeriesNode",
+                                   f"threshold (p = {prediction.threshold:.2f}{_calibrated(prediction)})")
         _configureSeries(thresholdSeries, thresholdTable, "S", "threshold", THRESHOLD_COLOR, dashed=True)
 
         chart = _addNode(scene, created, "vtkMRMLPlotChartNode", f"{baseName} WSP cirrhosis curve")
         chart.AddAndObservePlotSeriesNodeID(scoreSeries.GetID())
         chart.AddAndObservePlotSeriesNodeID(thresholdSeries.GetID())
-        chart.SetTitle(f"{baseName}: p(cirrhosis) = {prediction.probability:.2f} ({prediction.label_name})")
+        chart.SetTitle(f"{baseName}: p(cirrhosis){_calibrated(prediction)} = {prediction.probability:.2f} "
+                       f"({prediction.label_name}; {prediction.patient_head} head)")
         chart.SetXAxisTitle("S (mm)")
-        chart.SetYAxisTitle("slice score")
-        chart.SetYAxisRangeAuto(False)
-        chart.SetYAxisRange(0.0, 1.0)
+        chart.SetYAxisTitle("slice read (patient logit scale)" if logit else "slice score")
+        chart.SetYAxisRangeAuto(logit)
+        if not logit:
+            chart.SetYAxisRange(0.0, 1.0)
         chart.SetLegendVisibility(True)
 
         folderItemId = _placeInHierarchy(scene, volumeNode, f"{baseName} WSPCirrhosis", created)
@@ -102,6 +110,9 @@ def summaryRows(prediction, volumeName: str, extra: dict | None = None) -> list[
         ("cirrhosis probability", f"{prediction.probability:.4f}"),
         ("predicted label", f"{prediction.label_name} ({prediction.label})"),
         ("decision threshold", f"{prediction.threshold:g}"),
+        ("patient head", prediction.patient_head),
+        (f"patient score ({prediction.scale} scale)", f"{prediction.patient_score:.4f}"),
+        (f"threshold ({prediction.scale} scale)", f"{prediction.score_threshold:.4f}"),
         ("liver slices scored", str(len(prediction.slices))),
         ("model", prediction.model_name),
         ("model sha256", prediction.model_sha256),
@@ -112,9 +123,14 @@ def summaryRows(prediction, volumeName: str, extra: dict | None = None) -> list[
 
 
 def resultText(prediction) -> str:
-    """One line for the module panel, e.g. 'p(cirrhosis) = 0.83 -> cirrhosis (threshold 0.5)'."""
-    return (f"p(cirrhosis) = {prediction.probability:.2f} -> {prediction.label_name} "
-            f"(threshold {prediction.threshold:g}, {len(prediction.slices)} slices, {prediction.device})")
+    """One line for the module panel, e.g. 'p(cirrhosis) = 0.83 -> cirrhosis (threshold 0.5, mean head, ...)'."""
+    return (f"p(cirrhosis){_calibrated(prediction)} = {prediction.probability:.2f} -> {prediction.label_name} "
+            f"(threshold {prediction.threshold:g}, {prediction.patient_head} head, {len(prediction.slices)} slices, "
+            f"{prediction.device})")
+
+
+def _calibrated(prediction) -> str:
+    return " calibrated" if (prediction.extra or {}).get("calibration") else ""
 
 
 def rowToRas(sliceTable, row: int) -> tuple[float, float, float]:
@@ -142,7 +158,8 @@ def _fillSliceTable(tableNode, slices) -> None:
         array.SetNumberOfValues(len(ordered))
     for row, sl in enumerate(ordered):
         lps = sl.center_lps
-        values = (int(sl.slice_index), -float(lps[0]), -float(lps[1]), float(lps[2]), float(sl.position), float(sl.score))
+        values = (int(sl.slice_index), -float(lps[0]), -float(lps[1]), float(lps[2]), float(sl.position),
+                  float(sl.score), float(sl.contribution), len(ordered) * float(sl.contribution))
         for name, value in zip(SLICE_COLUMNS, values):
             columns[name].SetValue(row, value)
     table = tableNode.GetTable()
@@ -176,7 +193,7 @@ def _fillThresholdTable(tableNode, prediction) -> None:
     threshold.SetName("threshold")
     for z in (min(zs), max(zs)):
         s.InsertNextValue(float(z))
-        threshold.InsertNextValue(float(prediction.threshold))
+        threshold.InsertNextValue(float(prediction.score_threshold))
     tableNode.GetTable().AddColumn(s)
     tableNode.GetTable().AddColumn(threshold)
     tableNode.SetColumnUnitLabel("S", "mm")

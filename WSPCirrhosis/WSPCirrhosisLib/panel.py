@@ -31,15 +31,16 @@ def applyState(inputVolume, liverMask, useCustomModel: bool = False, modelPath=N
 
 def resultText(prediction) -> str:
     """One line for the module panel: 'P = 0.62 (0.48-0.71 across 5 models) -> cirrhosis
-    (threshold 0.5, 40 slices, cpu)'; a single model gives 'P = 0.62 -> ...'."""
+    (threshold 0.50, attention head, 40 slices, cpu)'; a single model gives 'P = 0.62 -> ...'."""
     extra = getattr(prediction, "extra", None) or {}
     text = f"P = {prediction.probability:.2f}"
     if extra.get("n_members", 1) > 1:
         text += (f" ({extra['probability_min']:.2f}-{extra['probability_max']:.2f} "
                  f"across {extra['n_members']} models)")
     calibrated = ", calibrated" if extra.get("calibration") else ""
+    head = getattr(prediction, "patient_head", "mean")
     return (f"{text} -> {prediction.label_name} (threshold {prediction.threshold:.2f}{calibrated}, "
-            f"{len(prediction.slices)} slices, {prediction.device})")
+            f"{head} head, {len(prediction.slices)} slices, {prediction.device})")
 
 
 def defaultInputVolume(scene):

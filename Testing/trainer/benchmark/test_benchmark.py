@@ -201,6 +201,18 @@ def test_benchmark_grid_writes_results_and_resumes(cohort, tmp_path, capsys):
     assert set(new) == {("none", "finetune"), ("wsp", "finetune")} and new[("wsp", "finetune")]["pretrain_reused"]
     assert len(new[("wsp", "finetune")]["fold_auc"]) == 4 and 0 <= new[("wsp", "finetune")]["pooled_auc"] <= 1
     assert "| method | tinynet frozen | tinynet frozen_bands | tinynet finetune |" in (out / "results.md").read_text()
+    assert {r["patient_head"] for r in extended} == {"mean", "bands"}  # frozen: pooled mean; frozen_bands: bands
+
+    # --patient-heads adds the finetune protocol of each head (mean's finetune is already there)
+    assert _bench(cohort, out, "--resume", "--methods", "none", "--protocols", "finetune",
+                  "--patient-heads", "mean,attention") == 0
+    heads = json.loads((out / "results.json").read_text())
+    assert heads[:-1] == extended
+    assert (heads[-1]["method"], heads[-1]["protocol"], heads[-1]["patient_head"]) == \
+        ("none", "finetune_attention", "attention")
+    assert len(heads[-1]["fold_auc"]) == 4 and "tinynet finetune_attention |" in (out / "results.md").read_text()
+    assert _bench(cohort, out, "--resume", "--protocols", "frozen", "--patient-heads", "attention") == 2
+    assert "needs the finetune protocol" in capsys.readouterr().err
 
     # --resume with different numbers-changing settings is refused
     assert _bench(cohort, out, "--resume", "--cv-repeats", "3") == 2

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import BenchmarkConfig, EvaluateConfig, PretrainConfig, TrainConfig, to_dict
+from ..config import PATIENT_HEADS, BenchmarkConfig, EvaluateConfig, PretrainConfig, TrainConfig, to_dict
 from ..errors import ConfigError, InputError
 from ..evaluation.crossval import evaluate_repeated
-from ..evaluation.evaluate import parse_protocols
+from ..evaluation.evaluate import head_protocol, parse_protocols, protocol_head
 from .grid import BASELINE, Cell, parse_grid, parse_label_sizes, record_key, sigma_to_json
 from .monitors import MONITOR_FRACTION, cell_monitors, held_out_weak
 from .outputs import write_reports
@@ -34,7 +34,8 @@ log = logging.getLogger("wsp_cirrhosis")
 OUTPUTS = ("results.json", "results.md", "results.png", "sigma.png", "label_efficiency.png", "config.json")
 # Settings that change the numbers: a --resume with different values would mix incomparable cells.
 RESUME_FIELDS = ("weak", "strong", "epochs", "slices", "position_groups", "finetune_epochs", "finetune_slices",
-                 "folds", "cv_repeats", "bands", "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr", "preprocess")
+                 "bag_size", "folds", "cv_repeats", "bands", "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr",
+                 "preprocess")
 
 __all__ = ["Cell", "parse_grid", "run_benchmark", "run_cell", "pretrain_config", "finetune_config"]
 
@@ -47,7 +48,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> int:
     from ..provenance import git_revision, software_versions
 
     cells = parse_grid(cfg)
-    protocols = parse_protocols(cfg.protocols)
+    protocols = expand_heads(parse_protocols(cfg.protocols), cfg.patient_heads)
     out = Path(cfg.out)
     records = _prepare_output(cfg, out)
     overlap = _check_overlap(cfg)
@@ -72,6 +73,24 @@ def run_benchmark(cfg: BenchmarkConfig) -> int:
     print(format_table(records))
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
     return 0
+
+
+def expand_heads(protocols: list[str], heads: str) -> list[str]:
+    """The finetune protocol once per patient head of ``--patient-heads`` (finetune, finetune_bands, ...).
+
+    Raises:
+        ConfigError: an unknown head, or heads without the finetune protocol.
+    """
+    names = [h.strip() for h in heads.split(",") if h.strip()] or ["mean"]
+    bad = [h for h in names if h not in PATIENT_HEADS]
+    if bad:
+        raise ConfigError(f"--patient-heads: unknown {', '.join(bad)}; choose from {', '.join(PATIENT_HEADS)}")
+    if names != ["mean"] and "finetune" not in protocols:
+        raise ConfigError("--patient-heads: needs the finetune protocol (--protocols ...,finetune)")
+    out: list[str] = []
+    for p in protocols:
+        out += [head_protocol(h) for h in dict.fromkeys(names)] if p == "finetune" else [p]
+    return out
 
 
 def _check_overlap(cfg: BenchmarkConfig) -> dict[str, Any]:
@@ -109,7 +128,8 @@ def _prepare_output(cfg: BenchmarkConfig, out: Path) -> list[dict[str, Any]]:
         raise InputError(f"--resume: cannot read {out / 'results.json'} / config.json ({exc}); "
                          "use --force to start over") from None
     now = to_dict(cfg)
-    changed = [k for k in RESUME_FIELDS if saved.get(k) != now.get(k)]
+    # a field newer than the saved config (bag_size) had its default then
+    changed = [k for k in RESUME_FIELDS if saved.get(k, now.get(k) if k == "bag_size" else None) != now.get(k)]
     if changed:
         raise ConfigError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from "
                           f"{out / 'config.json'}; results would not be comparable (use a new --out or --force)")
@@ -148,13 +168,14 @@ def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path
     train_cfg = finetune_config(cfg, cell.seed)
     monitors = cell_monitors(source, cell, held_out_weak(weak), cfg.bands, train_cfg.device, cfg.batch_size)
     result = evaluate_repeated(source, strong, cfg.folds, cfg.cv_repeats, protocols, train_cfg, cell.seed,
-                               cell.encoder, cfg.finetune_slices, cfg.bands, parse_label_sizes(cfg))
+                               cell.encoder, cfg.finetune_slices, cfg.bands, parse_label_sizes(cfg), cfg.bag_size)
     records = []
     for protocol in protocols:
         res = result["protocols"][protocol]
         records.append(_rounded({
             "method": cell.method, "sigma": sigma_to_json(cell.sigma), "encoder": cell.encoder,
-            "seed": cell.seed, "protocol": protocol, **{k: v for k, v in res.items() if k != "seconds"},
+            "seed": cell.seed, "protocol": protocol, "patient_head": protocol_head(protocol),
+            **{k: v for k, v in res.items() if k != "seconds"},
             "folds": cfg.folds, "cv_repeats": cfg.cv_repeats, "fold_seeds": result["fold_seeds"],
             "n_patients": result["n_patients"], "n_positive": result["n_positive"], "labels": result["labels"],
             "run_dir": run_dir, "pretrain_seconds": round(pretrain_seconds, 3), "pretrain_reused": reused,

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluate import _finetune_fold_scores, _load_encoder, fold_metrics, mean_std, split_folds
+from .evaluate import _finetune_fold_scores, _load_encoder, fold_metrics, mean_std, protocol_head, split_folds
 from .probes import frozen_fold_scores
 from .protocols import DEFAULT_BANDS, FROZEN_PROTOCOLS, label_subset, patient_features, slice_features
 
@@ -62,14 +62,16 @@ def _summarise(labels: np.ndarray, plans: list, scores: list[list[tuple[np.ndarr
 def evaluate_repeated(encoder_source: str | Path, patients: Sequence[Any], folds: int, repeats: int,
                       protocols: Sequence[str], train_cfg: Any, seed: int = 0, arch: str = "tinynet",
                       slices_per_patient: int = 0, bands: int = DEFAULT_BANDS,
-                      label_sizes: Sequence[int] = ()) -> dict[str, Any]:
+                      label_sizes: Sequence[int] = (), bag_size: int = 8) -> dict[str, Any]:
     """Repeated stratified k-fold evaluation of one encoder on histology-labelled patients.
 
     Args:
         encoder_source: a pretrain run folder, or "none" for a random init of `arch` (seeded by `seed`).
         patients: CachedPatient-like objects with `.slices`, `.positions`, `.histo_label`.
         folds, repeats: k and the number of differently seeded k-fold splits.
-        protocols: names from `evaluate.PROTOCOLS` (frozen, frozen_bands, finetune).
+        protocols: names from `evaluate.PROTOCOLS` (frozen, frozen_bands, finetune) or
+            `evaluate.HEAD_PROTOCOLS` (finetune_bands, finetune_attention: fine-tuning with that
+            patient head, bags of ``bag_size`` slices).
         train_cfg: `config.TrainConfig` of fine-tuning (its batch size is also the feature batch).
         seed: fold seed of repeat 0, random init, classifiers and fine-tuning.
         slices_per_patient: fine-tuning slices per patient and epoch (0 = all).
@@ -115,7 +117,8 @@ def evaluate_repeated(encoder_source: str | Path, patients: Sequence[Any], folds
                 res["label_efficiency"][str(n)] = eff
         else:
             scores = [[_finetune_fold_scores(encoder_source, arch, patients, tr, te, train_cfg, seed, device,
-                                             k + folds * r, slices_per_patient)
+                                             k + folds * r, slices_per_patient, patient_head=protocol_head(name),
+                                             bag_size=bag_size)
                        for k, (tr, te) in enumerate(splits)] for r, splits in enumerate(plans)]
             res = _summarise(labels, plans, scores)
         res["seconds"] = round(time.monotonic() - start, 3)

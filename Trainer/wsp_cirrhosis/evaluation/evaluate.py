@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import PATIENT_HEADS
 from ..errors import ConfigError, InputError
 from ..models.calibration import youden_threshold
 from .probes import frozen_fold_scores
@@ -30,6 +31,21 @@ from .probes import frozen_fold_scores
 log = logging.getLogger("wsp_cirrhosis")
 
 PROTOCOLS = ("frozen", "frozen_bands", "finetune")  # frozen_bands: protocols.py, position-band probe
+# finetune with a position-aware patient head (benchmark --patient-heads): finetune_bands, finetune_attention
+HEAD_PROTOCOLS = tuple(f"finetune_{h}" for h in PATIENT_HEADS if h != "mean")
+
+
+def protocol_head(protocol: str) -> str:
+    """The patient head a protocol reads patients with: finetune -> mean, finetune_<head> -> head,
+    frozen -> mean (pooled features), frozen_bands -> bands."""
+    if protocol.startswith("finetune_"):
+        return protocol[len("finetune_"):]
+    return "bands" if protocol == "frozen_bands" else "mean"
+
+
+def head_protocol(head: str) -> str:
+    """The finetune protocol of a patient head: mean -> finetune, bands -> finetune_bands."""
+    return "finetune" if head == "mean" else f"finetune_{head}"
 
 
 def parse_protocols(text: str | Sequence[str]) -> list[str]:
@@ -39,7 +55,7 @@ def parse_protocols(text: str | Sequence[str]) -> list[str]:
         ConfigError: an unknown or empty protocol list.
     """
     names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    bad = [p for p in names if p not in PROTOCOLS]
+    bad = [p for p in names if p not in PROTOCOLS + HEAD_PROTOCOLS]
     if bad or not names:
         raise ConfigError(f"--protocols {','.join(names) or '(empty)'}: choose from {', '.join(PROTOCOLS)}")
     return list(dict.fromkeys(names))
