@@ -77,7 +77,7 @@ def export_spread_bundle(ct_path, mask_path, preprocess, run_dir: Path, bundle_d
     import torch
 
     from wsp_cirrhosis.inference.bundle import export_bundle
-    from wsp_cirrhosis.config import to_dict
+    from wsp_cirrhosis.files import to_dict
     from wsp_cirrhosis.models.encoders import build_encoder
     from wsp_cirrhosis.data.slices import prepare_ct
     from wsp_cirrhosis.models.heads import SliceClassifier

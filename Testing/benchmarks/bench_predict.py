@@ -56,7 +56,8 @@ def export_random_bundle(encoder_name: str, image_size: int, folder: Path) -> Pa
     import torch
 
     from wsp_cirrhosis.inference.bundle import export_bundle
-    from wsp_cirrhosis.config import PreprocessConfig, to_dict
+    from wsp_cirrhosis.config import PreprocessConfig
+    from wsp_cirrhosis.files import to_dict
     from wsp_cirrhosis.models.encoders import build_encoder
     from wsp_cirrhosis.models.heads import SliceClassifier
 

@@ -42,6 +42,14 @@ def _check_workers(value: Any) -> None:
         raise ConfigError(f"--workers {value}: give auto, or a number of processes from 0 (one per core) to 1024")
 
 
+def _check_choices(cfg: Any) -> None:
+    """Every field of ``cfg`` with ``choices`` holds one of them (configs built in code skip argparse)."""
+    for f in dataclasses.fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: choose one of {', '.join(choices)}")
+
+
 def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, strict_lo: bool = False) -> None:
     flag = "--" + name.replace("_", "-")
     if lo is not None and (value <= lo if strict_lo else value < lo):
@@ -193,14 +201,7 @@ class PretrainConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.encoder not in ENCODER_NAMES:
-            raise ConfigError(f"--encoder {self.encoder!r}: choose one of {', '.join(ENCODER_NAMES)}")
-        if self.recipe not in RECIPE_NAMES:
-            raise ConfigError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPE_NAMES)}")
-        if self.head_norm not in HEAD_NORMS:
-            raise ConfigError(f"--head-norm {self.head_norm!r}: choose one of {', '.join(HEAD_NORMS)}")
+        _check_choices(self)
         _check_range("sigma", self.sigma, 0.0, strict_lo=True)
         _check_range("tau", self.tau, 0.0, strict_lo=True)
         _check_range("threshold", self.threshold, 0.0, 1.0, strict_lo=True)
@@ -211,15 +212,9 @@ class PretrainConfig:
         _check_range("position_groups", self.position_groups, 0, 64)
 
 
-_HEAD_HELP = ("how a patient is read from its slices: mean (the paper's: mean slice probability, position-blind), "
-              "bands (features pooled in bands of liver height) or attention (attention pooling that sees the height)")
+_HEAD_HELP = ("how a patient is read from its slices: mean (the paper's: mean slice probability, position-blind), bands "
+              "(features pooled in bands of liver height) or attention (attention pooling that sees the height)")
 _BAG_HELP = "slices per patient bag in each step, one per equal stratum of liver height (bands, attention heads)"
-
-
-def _check_head(head: str, bag_size: int) -> None:
-    if head not in PATIENT_HEADS:
-        raise ConfigError(f"--patient-head {head!r}: choose one of {', '.join(PATIENT_HEADS)}")
-    _check_range("bag_size", bag_size, 1)
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         _check_range("slices_per_patient", self.slices_per_patient, 0)
-        _check_head(self.patient_head, self.bag_size)
+        _check_choices(self)
+        _check_range("bag_size", self.bag_size, 1)
 
 
 @dataclass(frozen=True)
@@ -262,7 +258,8 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check_range("folds", self.folds, 2)
-        _check_head(self.patient_head, self.bag_size)
+        _check_choices(self)
+        _check_range("bag_size", self.bag_size, 1)
         bad = set(self.protocols.split(",")) - {"frozen", "frozen_bands", "finetune"}
         if bad:
             raise ConfigError(f"--protocols: unknown {sorted(bad)}; choose from frozen, frozen_bands, finetune")
@@ -368,30 +365,16 @@ class PredictConfig:
         _check_workers(self.workers)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """JSON-ready dict of a (nested) config; paths become strings, inf stays 'inf'."""
-
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, float) and math.isinf(v):
-            return "inf"
-        return v
-
-    return conv(cfg)
-
-
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a config saved by `to_dict` (unknown keys -> ConfigError)."""
     kwargs: dict[str, Any] = {}
     names = {f.name: f for f in dataclasses.fields(cls)}
+    nested = {"PreprocessConfig": PreprocessConfig, "TrainConfig": TrainConfig}
     for key, value in data.items():
         if key not in names:
             raise ConfigError(f"config: unknown key {key!r} for {cls.__name__}")
         f = names[key]
-        typ = f.type if not isinstance(f.type, str) else _resolve(f.type)
+        typ = nested.get(f.type, f.type) if isinstance(f.type, str) else f.type
         if dataclasses.is_dataclass(typ):
             value = from_dict(typ, value)
         elif value == "inf":
@@ -400,10 +383,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             value = Path(value)
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def _resolve(type_name: str) -> Any:
-    return {"PreprocessConfig": PreprocessConfig, "TrainConfig": TrainConfig}.get(type_name, type_name)
 
 
 def load_config(cls: type, path: Path) -> Any:

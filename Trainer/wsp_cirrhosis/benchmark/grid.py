@@ -58,7 +58,7 @@ def format_sigma(sigma: float) -> str:
 
 
 def sigma_to_json(sigma: float | None) -> float | str | None:
-    """JSON form of sigma: inf as the string "inf" (as in config.to_dict), None stays null."""
+    """JSON form of sigma: inf as the string "inf" (as in files.to_dict), None stays null."""
     return None if sigma is None else ("inf" if math.isinf(sigma) else float(sigma))
 
 

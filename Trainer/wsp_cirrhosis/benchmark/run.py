@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import PATIENT_HEADS, BenchmarkConfig, EvaluateConfig, PretrainConfig, TrainConfig, to_dict
+from ..config import PATIENT_HEADS, BenchmarkConfig, EvaluateConfig, PretrainConfig, TrainConfig
+from ..files import to_dict
 from ..errors import ConfigError, InputError
 from ..evaluation.crossval import evaluate_repeated
 from ..evaluation.evaluate import head_protocol, parse_protocols, protocol_head

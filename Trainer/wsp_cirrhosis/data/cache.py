@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import PreprocessConfig, to_dict
-from ..files import atomic_path, sha256_path, write_json_atomic
+from ..config import PreprocessConfig
+from ..files import atomic_path, sha256_path, to_dict, write_json_atomic
 from .manifest import PatientRecord
 from .slices import prepare_ct
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import AuditConfig, to_dict
+from ..config import AuditConfig
 from ..data.manifest import read_manifest
 from ..data.preprocess import load_cohort
 from ..errors import InputError
-from ..files import staged_output_dir, write_json_atomic, write_text_atomic
+from ..files import staged_output_dir, to_dict, write_json_atomic, write_text_atomic
 from ..models.encoders import build_encoder
 from ..models.features import pooled_features
 from .audit_report import markdown_report, write_cue_plot

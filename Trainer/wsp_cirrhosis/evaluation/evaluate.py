@@ -282,7 +282,7 @@ def roc_png_path(json_path: str | Path) -> Path:
 
 def run_evaluate(cfg: Any) -> int:
     """`wsp-cirrhosis evaluate`: k-fold AUC of one encoder -> JSON + ROC plot; prints the summary."""
-    from ..config import to_dict
+    from ..files import to_dict
     from ..data.preprocess import load_cohort
     from ..files import write_json_atomic
     from ..provenance import git_revision, software_versions

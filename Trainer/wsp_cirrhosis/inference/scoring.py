@@ -49,9 +49,8 @@ class SliceScore:
         position: d in [0, 1], 0 = most inferior liver slice, 1 = most superior.
         score: P(positive class) for this slice read on its own, in [0, 1].
         center_lps: (x, y, z) physical LPS point at the liver box centre on this slice, in mm.
-        contribution: the slice's share of the patient score on the head's scale (``extra["scale"]``:
-            p_s / S for head mean, a share of the patient logit otherwise); they sum to
-            ``extra["patient_score"]``. n_slices x contribution is the slice's "read".
+        contribution: the slice's share of the patient score on the head's scale (p_s / S for head
+            mean, of the patient logit otherwise); n_slices x contribution is the slice's "read".
     """
 
     slice_index: int

@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..config import SynthConfig, to_dict
+from ..config import SynthConfig
 from ..data.manifest import COLUMNS
-from ..files import staged_output_dir, write_json_atomic, write_text_atomic
+from ..files import staged_output_dir, to_dict, write_json_atomic, write_text_atomic
 from ..progress import track
 from .anatomy import ORIENTATIONS, SIGNS, PhantomParams, draw_params, make_phantom, severity
 

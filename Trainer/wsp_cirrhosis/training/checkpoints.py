@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import load_config, to_dict
+from ..config import load_config
 from ..distributed import barrier, get_world_size, is_rank_zero
 from ..errors import InputError
-from ..files import check_output_dir, save_torch_atomic, write_json_atomic, write_text_atomic
+from ..files import check_output_dir, save_torch_atomic, to_dict, write_json_atomic, write_text_atomic
 from ..provenance import git_revision, software_versions
 
 log = logging.getLogger("wsp_cirrhosis")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import FinetuneConfig, TrainConfig, to_dict
+from ..config import FinetuneConfig, TrainConfig
 from ..distributed import (
     barrier,
     cleanup_distributed,
@@ -35,7 +35,7 @@ from ..distributed import (
     resolve_device,
 )
 from ..errors import ConfigError, InputError
-from ..files import save_torch_atomic
+from ..files import save_torch_atomic, to_dict
 from ..models.calibration import youden_threshold
 from ..models.features import load_pretrained_encoder, patient_probabilities
 from ..models.heads import CLASS_NAMES, SliceClassifier

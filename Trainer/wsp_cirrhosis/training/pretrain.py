@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import PretrainConfig, to_dict
+from ..config import PretrainConfig
 from ..distributed import (
     barrier,
     cleanup_distributed,
@@ -32,7 +32,7 @@ from ..distributed import (
     resolve_device,
 )
 from ..errors import ConfigError, InputError
-from ..files import save_torch_atomic
+from ..files import save_torch_atomic, to_dict
 from ..models.encoders import build_encoder
 from ..models.heads import ProjectionHead, Projector
 from .augment import AUGMENTS
