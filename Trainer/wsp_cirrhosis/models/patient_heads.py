@@ -30,9 +30,32 @@ from .encoders import encoder_name_of
 
 
 class PatientHead(nn.Module):
-    """Interface: ``forward(h, d) -> (patient logit (), contributions (S,))`` for one patient."""
+    """Interface: ``forward(h, d) -> (patient logit (), contributions (S,))`` for one patient.
+
+    Every head first standardises the features with fixed per-feature ``shift`` and ``scale``
+    buffers (0 and 1 until ``set_standardisation``; stored with the weights): fine-tuning sets them
+    from the starting encoder's features of the training slices, as the frozen-feature fits do, so
+    a fresh head starts on unit-scale inputs whatever the encoder.
+    """
 
     name = "base"
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+
+    def standardise(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.shift.to(h.dtype)) / self.scale.to(h.dtype)
+
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        """Fix ``shift`` / ``scale`` to the mean and std of (N, F) features. The std is floored at a
+        tenth of the median std: a unit (nearly) constant on these slices, such as a dead ReLU,
+        must not blow up on a slice where it fires."""
+        with torch.no_grad():
+            std = features.std(0)
+            self.shift.copy_(features.mean(0))
+            self.scale.copy_(std.clamp_min(float(0.1 * std.median()) + 1e-6))
 
     def slice_logits(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """(S,) logit of each slice read on its own (for the per-slice curve)."""
@@ -52,12 +75,12 @@ class MeanHead(PatientHead):
     name = "mean"
 
     def __init__(self, in_dim: int = 512) -> None:
-        super().__init__()
+        super().__init__(in_dim)
         self.in_dim = in_dim
         self.linear = nn.Linear(in_dim, 1)
 
     def slice_logits(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return self.linear(h).squeeze(-1)
+        return self.linear(self.standardise(h)).squeeze(-1)
 
     def forward(self, h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         contributions = self.slice_logits(h, d) / len(h)
@@ -78,9 +101,9 @@ class BandsHead(PatientHead):
     name = "bands"
 
     def __init__(self, in_dim: int = 512, bands: int = 5) -> None:
-        super().__init__()
         if bands < 1:
             raise ConfigError(f"--bands must be at least 1 (got {bands})")
+        super().__init__(in_dim)
         self.in_dim, self.bands = in_dim, bands
         self.weight = nn.Parameter(torch.zeros(bands, in_dim))
         self.bias = nn.Parameter(torch.zeros(()))
@@ -88,9 +111,10 @@ class BandsHead(PatientHead):
 
     def slice_logits(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         # a slice read by its band's weights as if it filled the band
-        return (self.weight[band_index(d, self.bands)] * h).sum(-1) + self.bias
+        return (self.weight[band_index(d, self.bands)] * self.standardise(h)).sum(-1) + self.bias
 
     def forward(self, h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.standardise(h)
         k = band_index(d, self.bands)
         counts = torch.bincount(k, minlength=self.bands).to(h.dtype)
         share = (self.weight[k] * h).sum(-1) / counts[k]  # band mean, split back over its slices
@@ -114,7 +138,7 @@ class AttentionHead(PatientHead):
     name = "attention"
 
     def __init__(self, in_dim: int = 512, hidden: int = 64, frequencies: int = 4) -> None:
-        super().__init__()
+        super().__init__(in_dim)
         self.in_dim, self.hidden, self.frequencies = in_dim, hidden, frequencies
         attn_in = in_dim + 1 + 2 * frequencies
         self.value = nn.Linear(attn_in, hidden)
@@ -124,12 +148,15 @@ class AttentionHead(PatientHead):
 
     def attention(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """(S,) attention weights, summing to 1 over the patient's slices."""
-        x = torch.cat([h, fourier_height(d.to(h.dtype), self.frequencies)], dim=1)
+        # standardised features over sqrt(F): all F of them together weigh about as much as the
+        # height code, else the height, which says where to look, drowns among 512 unit inputs
+        x = torch.cat([self.standardise(h) / math.sqrt(self.in_dim), fourier_height(d.to(h.dtype), self.frequencies)],
+                      dim=1)
         raw = self.score(torch.tanh(self.value(x)) * torch.sigmoid(self.gate(x))).squeeze(-1)
         return torch.softmax(raw, dim=0)
 
     def slice_logits(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return self.classifier(h).squeeze(-1)
+        return self.classifier(self.standardise(h)).squeeze(-1)
 
     def forward(self, h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         contributions = self.attention(h, d) * self.slice_logits(h, d)

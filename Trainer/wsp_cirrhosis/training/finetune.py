@@ -72,6 +72,7 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
             model: nn.Module = SliceClassifier(encoder)
         else:
             model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
+            model.head.set_standardisation(_starting_features(encoder, patients, seed, device))
     if patient_head == "mean":
         sampler: SliceSampler | BagSampler = SliceSampler(labels, n_slices, tcfg.batch_size, seed, slices_per_patient,
                                                           True, get_rank(), get_world_size())
@@ -89,6 +90,22 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
     tcfg = dataclasses.replace(tcfg, seed=seed)
     train_loop(model, params, sampler, patients, step, tcfg, device, run_dir, freeze, desc="finetune")
     return model
+
+
+def _starting_features(encoder: nn.Module, patients: Sequence[Any], seed: int, device: torch.device,
+                       n: int = 2048) -> torch.Tensor:
+    """(<= n, F) features of the starting encoder (eval mode) on training slices drawn evenly over
+    patients: the fixed standardisation of a fresh patient head. Every rank draws the same slices."""
+    from ..models.features import batched_outputs
+
+    rng = np.random.default_rng([seed, 7])
+    per = max(1, n // max(1, len(patients)))
+    picks = [np.asarray(p.slices[np.sort(rng.choice(len(p.slices), min(per, len(p.slices)), replace=False))])
+             for p in patients]
+    training = encoder.training
+    features = batched_outputs(encoder, np.concatenate(picks), device, 256)
+    encoder.train(training)
+    return features.double()
 
 
 def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: TrainConfig, freeze: bool = False,
