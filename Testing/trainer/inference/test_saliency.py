@@ -205,3 +205,45 @@ def _pointing_game() -> tuple[float, float]:
         j, i = np.unravel_index(np.argmax(cam), cam.shape)
         hits.append(r - TOL <= j < r + SIGN + TOL and c - TOL <= i < c + SIGN + TOL)
     return float(np.mean(hits)), (SIGN + 2 * TOL) ** 2 / SIZE ** 2
+
+
+def _bands_model(live_band: int) -> "torch.nn.Module":
+    """A PatientClassifier whose bands head reads band ``live_band`` of 5 only."""
+    from wsp_cirrhosis.models.patient_heads import PatientClassifier, build_patient_head
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tinynet")
+    head = build_patient_head("bands", encoder.feature_dim)
+    with torch.no_grad():
+        keep = torch.zeros_like(head.weight)
+        keep[live_band] = 1.0
+        head.weight.mul_(keep).add_(keep * 0.05)
+    return PatientClassifier(encoder, head).eval()
+
+
+def test_relevance_of_a_position_aware_head_is_grad_cam_of_the_patient_logit():
+    rng = np.random.default_rng(0)
+    slices = rng.random((10, 32, 32), dtype=np.float32)
+    positions = ((np.arange(10) + 0.5) / 10).astype(np.float32)
+    model = _bands_model(live_band=2)
+    cams = grad_cam(model, slices, batch_size=3, positions=positions)
+    # only the slices of band 2 (d in [0.4, 0.6)) enter the patient logit: no relevance elsewhere
+    inside = (positions >= 0.4) & (positions < 0.6)
+    assert cams[inside].max() > 0 and np.abs(cams[~inside]).max() == 0
+    # the batched two-pass gradient equals Grad-CAM of the patient logit in one graph
+    calls: list = []
+    from wsp_cirrhosis.inference.saliency import _leaf_outputs, pick_layer
+
+    handles = _leaf_outputs(model.encoder, calls)
+    try:
+        h = model(torch.from_numpy(slices).unsqueeze(1))
+        act = calls[pick_layer(calls)][1]
+        grads, = torch.autograd.grad(model.read(h, torch.from_numpy(positions))[0], act)
+    finally:
+        for handle in handles:
+            handle.remove()
+    direct = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * act.detach()).sum(dim=1, keepdim=True))
+    direct = torch.nn.functional.interpolate(direct, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(cams, direct.numpy(), rtol=1e-4, atol=1e-7)
+    with pytest.raises(InputError, match="positions"):
+        grad_cam(model, slices)

@@ -1,6 +1,6 @@
 """Relevance maps (`predict --saliency`): where on each liver slice the score comes from.
 
-Method: Grad-CAM (Selvaraju et al. 2017) of the slice's cirrhosis logit, on the output of the
+Method: Grad-CAM (Selvaraju et al. 2017) of the cirrhosis logit, on the output of the
 deepest convolutional block whose feature map is still at least 8 x 8 pixels (`pick_layer`):
 TinyNet's fourth block at 64 px input (its last block is only 4 x 4 there), its last block at
 224 px; ResNet-18's layer3 at 224 px (layer4 is 7 x 7). Why Grad-CAM, and why not the very
@@ -18,6 +18,13 @@ last block (docs/method.md, "Relevance maps"):
   for and against the class (through the absolute value) and largely follows intensity and
   edges (Adebayo et al. 2018), which is what a reader must not mistake for a finding.
 The map still shows regions, not pixels (1/8 of the input side, bilinearly upsampled).
+
+Which logit follows the patient head: for ``mean`` each slice's own logit (every slice counts
+alike in the mean); for ``bands`` / ``attention`` the patient logit, which reads all slices at
+once, so a slice that the head ignores (a decoy at a height the attention does not look at) gets
+little relevance. Its gradient reaches each slice's features through the head
+(``_patient_logit_gradient``), then each batch of slices is re-run through the encoder: exact, at
+the memory of one batch.
 
 Geometry: the map is computed on the model's input (the square liver crop of `slices.prepare_ct`,
 resized to image_size), then mapped back through the inverse resize and crop onto the canonical
@@ -104,10 +111,28 @@ def pick_layer(calls: list, min_side: int = MIN_SIDE) -> int:
     return best
 
 
+def _patient_logit_gradient(member: "torch.nn.Module", slices: np.ndarray, positions: Any, device: Any,
+                            batch_size: int) -> "torch.Tensor":
+    """(S, F) d patient logit / d slice features of a PatientClassifier (eval mode) on all slices."""
+    import torch
+
+    from ..models.features import batched_outputs
+
+    if positions is None:
+        raise InputError("saliency of a position-aware patient head needs the slices' positions")
+    h = batched_outputs(member, slices, device, batch_size).to(device).requires_grad_()
+    d = torch.as_tensor(np.asarray(positions), dtype=torch.float32, device=device)
+    with torch.enable_grad():
+        gradient, = torch.autograd.grad(member.read(h, d)[0], h)
+    return gradient
+
+
 def grad_cam(model: "torch.nn.Module", slices: np.ndarray, device: Any = "cpu", batch_size: int = 16,
-             cancel: Optional[Callable[[], bool]] = None, min_side: int = MIN_SIDE) -> np.ndarray:
+             cancel: Optional[Callable[[], bool]] = None, min_side: int = MIN_SIDE,
+             positions: Any = None) -> np.ndarray:
     """(S, H, W) float32 model inputs -> (S, H, W) float32 non-negative Grad-CAM maps of the
-    positive logit, averaged over ensemble members; not normalised.
+    positive logit (each slice's; the patient logit for a position-aware head, which needs the
+    slices' ``positions`` d), averaged over ensemble members; not normalised.
 
     Raises:
         InputError: an encoder without conv layers.
@@ -121,6 +146,8 @@ def grad_cam(model: "torch.nn.Module", slices: np.ndarray, device: Any = "cpu", 
     out = np.zeros((n, h, w), dtype=np.float32)
     for member in members:
         member = member.float().eval()
+        upstream = _patient_logit_gradient(member, slices, positions, device, batch_size) \
+            if hasattr(member, "read") else None
         calls: list = []
         handles = _leaf_outputs(member.encoder, calls)
         layer = None
@@ -131,10 +158,12 @@ def grad_cam(model: "torch.nn.Module", slices: np.ndarray, device: Any = "cpu", 
                 x = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32))
                 calls.clear()
                 with torch.enable_grad():
-                    logits = member(x.unsqueeze(1).to(device)).float().reshape(-1)
+                    out_b = member(x.unsqueeze(1).to(device)).float()
                     layer = pick_layer(calls, min_side) if layer is None else layer
                     act = calls[layer][1]
-                    grads, = torch.autograd.grad(logits.sum(), act)
+                    # the slices' own logits, or their features weighted by d patient logit / d h
+                    target = out_b.sum() if upstream is None else (out_b * upstream[start:start + len(x)]).sum()
+                    grads, = torch.autograd.grad(target, act)
                 weights = grads.float().mean(dim=(2, 3), keepdim=True)
                 cam = torch.relu((weights * act.detach().float()).sum(dim=1, keepdim=True))
                 cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
@@ -220,7 +249,7 @@ def saliency_of_slices(loaded: "LoadedModel", liver: "LiverSlices", image: sitk.
                        cancel: Optional[Callable[[], bool]] = None) -> SaliencyResult:
     """Grad-CAM of the prepared liver slices of `image` (the CT as read), mapped onto its grid."""
     check_saliency_supported(loaded.model)
-    cams = grad_cam(loaded.model, liver.slices, loaded.device, batch_size, cancel)
+    cams = grad_cam(loaded.model, liver.slices, loaded.device, batch_size, cancel, positions=liver.positions)
     peak = float(cams.max())
     cams = cams / peak if peak > 0 else cams
     return SaliencyResult(to_ct_grid(cams, liver, image), cams.astype(np.float32), liver)
@@ -264,8 +293,10 @@ def write_saliency(folder: Path, loaded: "LoadedModel", liver: "LiverSlices", im
     with atomic_path(folder / SALIENCY_FILES["saliency_nii"]) as tmp:
         sitk.WriteImage(result.volume, str(tmp) + ".nii.gz", True)
         os.replace(str(tmp) + ".nii.gz", tmp)
-    # slice scores in prepare_ct order (inferior first), as the prediction lists them
-    scores = [s.score for s in sorted(prediction.slices, key=lambda s: s.z_mm)]
+    # slice reads in prepare_ct order (inferior first), as the prediction lists them: the slice
+    # score for head mean, the share of the patient logit for a position-aware head
+    scores = [s.score if prediction.scale == "probability" else s.contribution * prediction.n_slices
+              for s in sorted(prediction.slices, key=lambda s: s.z_mm)]
     plot_saliency(result, scores, folder / SALIENCY_FILES["saliency_png"],
                   title=f"Grad-CAM relevance, model {prediction.model_name}")
     prediction.extra["saliency"] = {"method": "grad_cam", **SALIENCY_FILES}
