@@ -7,7 +7,8 @@ two folds, so its slices never leak between training and test. Per fold and prot
 - frozen: the encoder's 512-d representation averaged over the patient's slices, then a
   ``StandardScaler`` + ``LogisticRegression(class_weight="balanced")`` pipeline;
 - finetune: ``finetune.fit_classifier`` from the (pretrained or random) encoder on the training
-  patients; patient probability = mean of its slice probabilities.
+  patients; the patient probability is read by its patient head (``--patient-head``; ``mean``,
+  the paper's: the mean of its slice probabilities).
 
 Metrics per fold: patient-level AUC, and balanced accuracy at the Youden threshold chosen on
 the training folds' own predictions (the test fold never picks its threshold).
