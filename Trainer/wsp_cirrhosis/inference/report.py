@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+import numpy as np
+
 from ..files import atomic_path, sha256_path, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -207,8 +209,15 @@ def plot_curve(prediction: "PatientPrediction", path: str | os.PathLike, dpi: in
     if axis and (logit or calibrated):
         right = ax.twinx()
         right.set_ylim(ax.get_ylim())
-        ticks = list(range(0, len(axis["score"]), max(1, (len(axis["score"]) - 1) // 5)))
-        right.set_yticks([axis["score"][i] for i in ticks], [f"{axis['probability'][i]:.2f}" for i in ticks])
+        # round probabilities, placed where the (monotone) map reaches them
+        probs = np.maximum.accumulate(np.asarray(axis["probability"], dtype=float))
+        y_lo, y_hi = ax.get_ylim()
+        ticks: list[tuple[float, str]] = []
+        for q in (0.5, 0.25, 0.75, 0.1, 0.9, 0.05, 0.95, 0.01, 0.99):  # the most telling first
+            y = float(np.interp(q, probs, axis["score"]))
+            if probs[0] <= q <= probs[-1] and all(abs(y - t) > 0.05 * (y_hi - y_lo) for t, _ in ticks):
+                ticks.append((y, f"{q:g}"))  # labels closer than 5% of the axis would overlap
+        right.set_yticks([t for t, _ in ticks], [label for _, label in ticks])
         right.set_ylabel(f"patient P({name}){calibrated} at this level")
     ax.set_xlabel("z (mm, LPS: inferior → superior)")
     ax.set_ylabel("patient logit scale" if logit else f"P({name}), uncalibrated" if calibrated else f"P({name})")

@@ -140,7 +140,7 @@ class EnsembleClassifier(nn.Module):
         return torch.stack([m(x) for m in self.members], dim=1)
 
 
-def _probability_axis(read: Any, threshold: float, spec: dict[str, Any] | None, points: int = 41) -> dict[str, list]:
+def _probability_axis(read: Any, threshold: float, spec: dict[str, Any] | None, points: int = 201) -> dict[str, list]:
     """{"score": grid on the read's scale, "probability": the (calibrated) patient probability a
     patient scoring there would get}: the second axis of curve.png, which puts the slice reads,
     the patient score and its threshold on the calibrated probability's scale. The grid spans
