@@ -39,7 +39,7 @@ from .. import __version__
 from ..config import ExportConfig, PreprocessConfig, from_dict
 from ..errors import BundleError, ConfigError, InputError
 from ..files import save_torch_atomic, sha256_file, sha256_json, staged_output_dir, write_json_atomic
-from ..models.saved import member_weights
+from ..models.saved import member_weights, stored_head
 from ..provenance import software_versions
 
 log = logging.getLogger("wsp_cirrhosis")
@@ -85,7 +85,7 @@ class ModelBundle:
     @property
     def patient_head_config(self) -> dict[str, Any]:
         """The patient head's config ({"name": "mean"} for format 1-2 bundles)."""
-        return dict(self.meta.get("patient_head") or {"name": "mean"})
+        return stored_head(self.meta)
 
     @property
     def patient_head(self) -> str:
@@ -189,7 +189,7 @@ def _single_content(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str,
             "training": trained.get("training_summary", {}),
             "metrics": trained.get("metrics", {}),
             "n_members": 1,
-            "patient_head": trained.get("patient_head") or {"name": "mean"},
+            "patient_head": stored_head(trained),
         }
     except (RuntimeError, KeyError, OSError, ValueError, TypeError) as exc:
         raise InputError(f"{source}: not a readable finetune model.pt ({exc})") from None
@@ -221,7 +221,7 @@ def _ensemble_content(folds: Path, name: str, oof_path: Path | None) -> tuple[di
             "threshold_rule": rule, "class_names": list(first["class_names"]),
             "training": {"ensemble_of": [str(p) for p, _ in members], "member_thresholds": thresholds,
                          "members": [m.get("training_summary", {}) for _, m in members]},
-            "metrics": {}, "n_members": len(members), "patient_head": first.get("patient_head") or {"name": "mean"},
+            "metrics": {}, "n_members": len(members), "patient_head": stored_head(first),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{folds}: fold models are incomplete ({exc})") from None

@@ -89,7 +89,9 @@ def read_oof(path: str | Path) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _entry(model_pt: dict[str, Any], key: str) -> Any:
     """A model.pt entry; fold models older than patient heads read as head ``mean``."""
-    return model_pt.get(key, {"name": "mean"}) if key == "patient_head" else model_pt.get(key)
+    from .saved import stored_head
+
+    return stored_head(model_pt) if key == "patient_head" else model_pt.get(key)
 
 
 def read_fold_models(folder: Path) -> list[tuple[Path, dict[str, Any]]]:

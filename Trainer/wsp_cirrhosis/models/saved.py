@@ -27,6 +27,12 @@ def head_config_of(model: nn.Module) -> dict[str, Any]:
     return model.head.config() if isinstance(model, PatientClassifier) else dict(MEAN)
 
 
+def stored_head(entries: dict[str, Any]) -> dict[str, Any]:
+    """The ``patient_head`` config of a model.pt dict or bundle.json ({"name": "mean"} when absent:
+    files older than patient heads)."""
+    return dict(entries.get("patient_head") or MEAN)
+
+
 def model_states(model: nn.Module) -> dict[str, Any]:
     """The model.pt entries of a fine-tuned model: encoder name, weights (CPU) and head config."""
     state = {"encoder_name": model.encoder_name,

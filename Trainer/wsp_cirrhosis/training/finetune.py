@@ -66,26 +66,24 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
               patient_head: str = "mean", bag_size: int = 8) -> nn.Module:
     labels = check_histology(patients, str(run_dir or "fine-tuning"))
     n_slices = [len(p.slices) for p in patients]
+    sampler: SliceSampler | BagSampler
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if patient_head == "mean":
             model: nn.Module = SliceClassifier(encoder)
+            sampler = SliceSampler(labels, n_slices, tcfg.batch_size, seed, slices_per_patient, True, get_rank(),
+                                   get_world_size())
+            step_fn, options = classifier_step, {}
         else:
             model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
             model.head.set_standardisation(_starting_features(encoder, patients, seed, device))
-    if patient_head == "mean":
-        sampler: SliceSampler | BagSampler = SliceSampler(labels, n_slices, tcfg.batch_size, seed, slices_per_patient,
-                                                          True, get_rank(), get_world_size())
-    else:
-        sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
-    offset = sampler.rows.start
+            sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
+            step_fn, options = bag_step, {"bag_size": bag_size}
     model.encoder.requires_grad_(not freeze)
     params = list(model.head.parameters()) if freeze else list(model.parameters())
 
     def step(net: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        if patient_head == "mean":
-            return classifier_step(net, batch, gen, offset=offset, total=tcfg.batch_size, bf16=tcfg.bf16)
-        return bag_step(net, batch, gen, bag_size=bag_size, offset=offset, total=tcfg.batch_size, bf16=tcfg.bf16)
+        return step_fn(net, batch, gen, offset=sampler.rows.start, total=tcfg.batch_size, bf16=tcfg.bf16, **options)
 
     tcfg = dataclasses.replace(tcfg, seed=seed)
     train_loop(model, params, sampler, patients, step, tcfg, device, run_dir, freeze, desc="finetune")
