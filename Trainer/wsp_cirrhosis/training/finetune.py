@@ -63,7 +63,7 @@ def check_histology(patients: Sequence[Any], where: str) -> np.ndarray:
 
 def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, freeze: bool, seed: int,
               slices_per_patient: int | None, run_dir: Path | None, device: torch.device,
-              patient_head: str = "mean", bag_size: int = 8) -> nn.Module:
+              patient_head: str = "mean", bag_size: int = 8, warm_start: bool = True) -> nn.Module:
     labels = check_histology(patients, str(run_dir or "fine-tuning"))
     n_slices = [len(p.slices) for p in patients]
     sampler: SliceSampler | BagSampler
@@ -76,7 +76,7 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
             step_fn, options = classifier_step, {}
         else:
             model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
-            model.head.set_standardisation(_starting_features(encoder, patients, seed, device))
+            _start_head(model, patients, labels, seed, device, warm_start)
             sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
             step_fn, options = bag_step, {"bag_size": bag_size}
     model.encoder.requires_grad_(not freeze)
@@ -90,25 +90,23 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
     return model
 
 
-def _starting_features(encoder: nn.Module, patients: Sequence[Any], seed: int, device: torch.device,
-                       n: int = 2048) -> torch.Tensor:
-    """(<= n, F) features of the starting encoder (eval mode) on training slices drawn evenly over
-    patients: the fixed standardisation of a fresh patient head. Every rank draws the same slices."""
-    from ..models.features import batched_outputs
+def _start_head(model: PatientClassifier, patients: Sequence[Any], labels: np.ndarray, seed: int,
+                device: torch.device, warm_start: bool) -> None:
+    """Fix a fresh head's standardisation to the starting encoder's features of the training slices
+    and, with ``warm_start``, fit it on those frozen features first (``head_fit``: LP-FT)."""
+    from .head_fit import fit_head, frozen_slice_features
 
-    rng = np.random.default_rng([seed, 7])
-    per = max(1, n // max(1, len(patients)))
-    picks = [np.asarray(p.slices[np.sort(rng.choice(len(p.slices), min(per, len(p.slices)), replace=False))])
-             for p in patients]
-    training = encoder.training
-    features = batched_outputs(encoder, np.concatenate(picks), device, 256)
-    encoder.train(training)
-    return features.double()
+    model.encoder.to(device)
+    features = frozen_slice_features(model.encoder, patients, device)
+    model.head.set_standardisation(torch.cat(features))
+    if warm_start:
+        loss = fit_head(model.head, features, [torch.from_numpy(np.asarray(p.positions)) for p in patients], labels)
+        log.info("%s head fitted on frozen features of %d patients (loss %.4f)", model.head.name, len(patients), loss)
 
 
 def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: TrainConfig, freeze: bool = False,
                    seed: int | None = None, slices_per_patient: int | None = None, patient_head: str = "mean",
-                   bag_size: int = 8) -> nn.Module:
+                   bag_size: int = 8, warm_start: bool = True) -> nn.Module:
     """Fine-tune ``encoder`` with a patient head on histology labels (no files written; single process).
 
     Args:
@@ -120,6 +118,7 @@ def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: Train
         slices_per_patient: slices per patient per epoch (None: all; ``mean`` only).
         patient_head: "mean" (a SliceClassifier), "bands" or "attention" (a PatientClassifier).
         bag_size: slices per patient bag (position-aware heads).
+        warm_start: fit a position-aware head on the frozen features before training (``head_fit``).
 
     Returns:
         The model, in eval mode, on ``train_cfg.device``.
@@ -127,7 +126,7 @@ def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: Train
     seed = train_cfg.seed if seed is None else seed
     tcfg = dataclasses.replace(train_cfg, resume=False)
     return _finetune(encoder, patients, tcfg, freeze, seed, slices_per_patient, None, resolve_device(train_cfg.device),
-                     patient_head, bag_size)
+                     patient_head, bag_size, warm_start)
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
