@@ -4,7 +4,7 @@ The picture is drawn with matplotlib, not captured from Slicer (no Slicer runs h
 number on it is read from a prediction.json written by `wsp-cirrhosis predict` with the bundled
 demo model on a synthetic phantom, and the banner says so. Steps (README, "Screenshot"):
 
-    wsp-cirrhosis synth --out /tmp/synth --patients 2 --histo-patients 4 --cirrhosis-fraction 0.5 --signs global --seed 7
+    wsp-cirrhosis synth --out /tmp/synth --patients 2 --histo-patients 4 --cirrhosis-fraction 0.5 --signs positional --seed 7
     wsp-cirrhosis predict /tmp/synth/images/histo-0001.nii.gz --liver-mask /tmp/synth/masks/histo-0001.nii.gz --out /tmp/pred --device cpu --saliency
     python Resources/render_screenshot.py /tmp/pred /tmp/synth/images/histo-0001.nii.gz /tmp/synth/masks/histo-0001.nii.gz
 """

@@ -1,7 +1,8 @@
 """`make bundle`: rebuild the bundled demonstration model, reproducibly.
 
-synth (seed 0) -> pretrain WSP TinyNet -> `evaluate --keep-fold-models` (k-fold fine-tuning on
-the histology set: out-of-fold probabilities and k fold models) -> `export --ensemble --calibrate
+synth (seed 0, the positional phantom) -> pretrain WSP TinyNet (the default recipe) ->
+`evaluate --patient-head bands --keep-fold-models` (k-fold fine-tuning of the encoder with the
+position-aware bands head on the histology set: out-of-fold probabilities and k fold models) -> `export --ensemble --calibrate
 platt` (the k fold models as one ensemble, a Platt calibrator fitted on the out-of-fold
 probabilities) to WSPCirrhosis/Resources/Models/default (where the Slicer module and `predict`
 find it).
@@ -23,6 +24,7 @@ from wsp_cirrhosis.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "WSPCirrhosis" / "Resources" / "Models" / "default"
+HEAD = "bands"  # the best fine-tuned head on the positional phantom (docs/results.md, 2026-12-07 LP-FT)
 
 
 def run(argv: list[str]) -> None:
@@ -57,23 +59,27 @@ def write_model_card(bundle_dir: Path, args: argparse.Namespace, pretrain_run: P
 that the WSPCirrhosis software runs end to end (Slicer module, `wsp-cirrhosis predict`); its
 scores on a patient's CT mean nothing about that patient's liver.
 
-- Architecture: ensemble of {bundle.n_members} {bundle.encoder_name} encoders + linear classifier heads (the fold
-  models of a {args.folds}-fold cross-validation; the probability is their mean, the spread across them is
-  reported); input {bundle.preprocess.image_size} x
+- Architecture: ensemble of {bundle.n_members} {bundle.encoder_name} encoders, each with a `{bundle.patient_head}` patient head
+  (`bands`: slice features pooled in 5 bands of liver height, one linear layer; README, "Patient heads"), the
+  fold models of a {args.folds}-fold cross-validation; the patient score is the mean of the members' patient
+  logits, the spread across them is reported; input {bundle.preprocess.image_size} x
   {bundle.preprocess.image_size} liver slices, HU window [{bundle.preprocess.window_min_hu:g}, {bundle.preprocess.window_max_hu:g}],
   liver box margin {bundle.preprocess.margin_mm:g} mm.
-- Training: WSP contrastive pretraining ({args.pretrain_epochs} epochs of {args.slices_per_epoch} slices, batch 32,
-  BatchNorm projection head, lr 1e-3: the recipe that leaves the collapsed start, docs/training.md) on
+- Training: WSP contrastive pretraining, the default recipe (sigma 0.1, 4 position groups,
+  {args.pretrain_epochs} epochs of {args.slices_per_epoch} slices, batch 32, BatchNorm projection head, lr 1e-3;
+  docs/training.md) on
   {args.patients} weak-labelled synthetic phantoms ({monitor_patients} of them held out for the representation
-  monitors), then fine-tuning ({args.finetune_epochs} epochs per fold) on {args.histo_patients} histology-labelled
-  phantoms (`wsp-cirrhosis synth --seed {args.seed} --signs {args.signs}`; about 30% stage-4 "cirrhosis").
+  monitors), then fine-tuning ({args.finetune_epochs} epochs per fold, the head first fitted on the frozen
+  features, then end to end at lr 1e-4 on bags of 16 slices) on {args.histo_patients} histology-labelled
+  phantoms (`wsp-cirrhosis synth --seed {args.seed} --signs {args.signs}`; about 30% stage-4 "cirrhosis"; the
+  sign sits at given liver heights only, with look-alike decoys elsewhere).
 - Pretraining monitors (held-out weak-set phantoms), first -> last: {monitors}.
 - Out-of-fold (each phantom scored by the fold model that did not train on it): AUC {ft["auc_mean"]:.3f} ±
   {ft["auc_std"]:.3f} over folds, pooled {ft["pooled_auc"]:.3f}; Brier {ft["calibration"]["brier"]:.3f}, ECE
   {ft["calibration"]["ece"]:.3f}. Synthetic phantoms of one generator: says nothing about real CTs.
 - Calibration: {calibration}
 - Decision threshold: {bundle.threshold:.3f} on the uncalibrated
-  ensemble mean (Youden on the out-of-fold probabilities). Classes: {", ".join(bundle.class_names)}.
+  patient probability (Youden on the out-of-fold probabilities). Classes: {", ".join(bundle.class_names)}.
 - Bundle hash: `{bundle.sha256}`; software: {", ".join(f"{k} {v}" for k, v in meta["software_versions"].items() if k != "platform")}.
 - Rebuild: `make bundle` (`python scripts/build_default_model.py`), same seed -> same weights on the same
   machine type.
@@ -100,17 +106,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep intermediate runs here (default: a temp folder)")
     parser.add_argument("--patients", type=int, default=200)
-    parser.add_argument("--histo-patients", type=int, default=60)
+    parser.add_argument("--histo-patients", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
     parser.add_argument("--slices-per-epoch", type=int, default=2000)
-    parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--folds", type=int, default=5, help="fold models in the ensemble")
     parser.add_argument("--calibrate", default="platt", choices=("platt", "isotonic", "none"),
-                        help="calibrator fitted on the out-of-fold probabilities (platt: 2 parameters, safer on 60)")
+                        help="calibrator fitted on the out-of-fold probabilities (platt: 2 parameters, safer on 100)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--signs", default="global", help="phantom kind (synth --signs); global: the weak label "
-                        "shows on every slice, so CPU pretraining learns it (docs/training.md)")
+    parser.add_argument("--signs", default="positional", help="phantom kind (synth --signs); positional: the sign "
+                        "sits at given liver heights, which the bands head reads (docs/results.md)")
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="wsp-bundle-"))
@@ -121,13 +127,12 @@ def main() -> None:
         run(["pretrain", "--manifest", str(work / "cohort" / "weak.csv"), "--method", "wsp", "--encoder", "tinynet",
              "--out", str(work / "pretrain"), "--epochs", str(args.pretrain_epochs), "--batch-size", "32",
              "--slices-per-epoch", str(args.slices_per_epoch), "--head-norm", "batch", "--lr", "1e-3",
-             # the bundled model's settings (global phantom); the default recipe's sigma 0.1 + groups
-             # arrive with the positional-phantom bundle of issue 24
-             "--sigma", "0.85", "--position-groups", "0", "--device", "cpu", *size, *seed, "--force"])
+             "--device", "cpu", *size, *seed, "--force"])
         eval_json = work / "eval.json"
         run(["evaluate", "--manifest", str(work / "cohort" / "histo.csv"), "--encoder", str(work / "pretrain"),
              "--json", str(eval_json), "--protocols", "finetune", "--folds", str(args.folds), "--keep-fold-models",
-             "--epochs", str(args.finetune_epochs), "--device", "cpu", "--slices-per-patient", "8", *size, *seed])
+             "--patient-head", HEAD, "--bag-size", "16", "--lr", "1e-4", "--batch-size", "32",
+             "--epochs", str(args.finetune_epochs), "--device", "cpu", *size, *seed])
         run(["export", "--run", str(work / "eval.folds"), "--ensemble", "--calibrate", args.calibrate,
              "--out", str(args.out), "--name", "wsp-tinynet-synthetic-demo", "--force"])
         write_model_card(args.out, args, work / "pretrain", eval_json)
