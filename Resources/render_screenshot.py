@@ -99,19 +99,25 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     chart = fig.add_axes((0.45, 0.08, 0.52, 0.32))
     z = [s.z_mm for s in slices]
     extra = p.extra or {}
-    if "slice_min" in extra:
+    logit = p.scale == "logit"
+    if "slice_min" in extra and not logit:  # the members' spread is drawn on the probability scale only
         chart.fill_between(z, extra["slice_min"], extra["slice_max"], color=outputs.SCORE_COLOR, alpha=0.2, lw=0,
                            label=f"range across {extra['n_members']} models")
-    chart.plot(z, [s.score for s in slices], "-o", ms=3, lw=1, color=outputs.SCORE_COLOR, label="slice score")
-    threshold = extra.get("raw_threshold", p.threshold)  # slice scores are not calibrated
-    chart.plot([z[0], z[-1]], [threshold] * 2, "--", color=outputs.THRESHOLD_COLOR, label=f"threshold {threshold:.2f}")
-    chart.set_ylim(0, 1)
+    # as the module's chart (outputs.createOutputNodes): each slice's read, whose mean is the
+    # patient score, against the threshold on the same scale
+    label = "slice read" if logit else "slice score"
+    chart.plot(z, [s.contribution * p.n_slices for s in slices], "-o", ms=3, lw=1, color=outputs.SCORE_COLOR, label=label)
+    threshold = p.score_threshold
+    chart.plot([z[0], z[-1]], [threshold] * 2, "--", color=outputs.THRESHOLD_COLOR,
+               label=f"threshold {threshold:.2f} ({p.scale} scale)")
+    if not logit:
+        chart.set_ylim(0, 1)
     chart.set_xlabel("S (mm)")
-    chart.set_ylabel("slice score")
+    chart.set_ylabel("slice read (patient logit scale)" if logit else "slice score")
     chart.set_title(f"{name}: {module_panel.resultText(p).split(' -> ')[0]} ({p.label_name})", fontsize=9.5)
     chart.legend(fontsize=8, loc="lower right")
     chart.grid(alpha=0.3)
-    fig.text(0.72, 0.82, "Chart: per-slice score along z\n(click a point in Slicer to jump\nthe slice views to that slice)",
+    fig.text(0.72, 0.82, "Chart: per-slice read along z\n(click a point in Slicer to jump\nthe slice views to that slice)",
              fontsize=8.5, va="top", color="#333333")
     fig.savefig(out, dpi=100, facecolor=fig.get_facecolor())
 
