@@ -58,11 +58,6 @@ log = logging.getLogger("wsp_cirrhosis")
 SALIENCY_FILES = {"saliency_nii": "saliency.nii.gz", "saliency_png": "saliency.png"}
 
 
-def members_of(model: "torch.nn.Module") -> list["torch.nn.Module"]:
-    """The SliceClassifiers of a model (one, or an ensemble's members)."""
-    return list(getattr(model, "members", [model]))
-
-
 MIN_SIDE = 8  # the Grad-CAM layer: the deepest conv block output with at least this many pixels a side
 
 
@@ -78,6 +73,8 @@ def check_saliency_supported(model: "torch.nn.Module") -> None:
     Raises:
         InputError: one line naming the encoder.
     """
+    from ..models.patient_read import members_of
+
     for m in members_of(model):
         if not has_conv(m.encoder):
             name = getattr(m, "encoder_name", "") or type(m.encoder).__name__
@@ -139,6 +136,8 @@ def grad_cam(model: "torch.nn.Module", slices: np.ndarray, device: Any = "cpu", 
     """
     import torch
     import torch.nn.functional as F
+
+    from ..models.patient_read import members_of
 
     check_saliency_supported(model)
     members = members_of(model)

@@ -113,9 +113,14 @@ def read_patient(outputs: Any, positions: Any, heads: Sequence[nn.Module] | None
                        1.0 / (1.0 + math.exp(-logit)), weights)
 
 
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The classifiers of a model: itself, or an ensemble's members."""
+    return list(getattr(model, "members", [model]))
+
+
 def model_heads(model: nn.Module) -> list[nn.Module] | None:
     """The patient heads of a PatientClassifier (or of an ensemble of them); None for slice classifiers."""
-    members = list(getattr(model, "members", [model]))
+    members = members_of(model)
     if all(getattr(m, "patient_head", "mean") == "mean" for m in members):
         return None
     return [m.head for m in members]
