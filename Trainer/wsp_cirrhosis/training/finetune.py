@@ -7,8 +7,9 @@ patient probability is the mean of its slice probabilities.
 ``--patient-head bands|attention``: a PatientClassifier (encoder + position-aware patient head,
 ``models.patient_heads``) is trained with BCE on the patient logit of position-stratified bags of
 ``--bag-size`` slices per patient, histology-balanced (``samplers.BagSampler``,
-``loop.bag_step``); with ``--freeze`` only the head learns. At read time the head sees all of a
-patient's slices.
+``loop.bag_step``); with ``--freeze`` only the head learns. The head is first fitted on the
+starting encoder's frozen features (``head_fit``: linear probing, then fine-tuning). At read time
+the head sees all of a patient's slices.
 
 Either way the decision threshold is Youden's on the training patients' raw patient probabilities.
 """
@@ -76,7 +77,7 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
             step_fn, options = classifier_step, {}
         else:
             model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
-            _start_head(model, patients, labels, seed, device, warm_start)
+            _start_head(model, patients, labels, device, warm_start)
             sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
             step_fn, options = bag_step, {"bag_size": bag_size}
     model.encoder.requires_grad_(not freeze)
@@ -90,7 +91,7 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
     return model
 
 
-def _start_head(model: PatientClassifier, patients: Sequence[Any], labels: np.ndarray, seed: int,
+def _start_head(model: PatientClassifier, patients: Sequence[Any], labels: np.ndarray,
                 device: torch.device, warm_start: bool) -> None:
     """Fix a fresh head's standardisation to the starting encoder's features of the training slices
     and, with ``warm_start``, fit it on those frozen features first (``head_fit``: LP-FT)."""
