@@ -106,7 +106,7 @@ def render(prediction_dir: Path, ct_path: Path, mask_path: Path, out: Path) -> N
     # as the module's chart (outputs.createOutputNodes): each slice's read, whose mean is the
     # patient score, against the threshold on the same scale
     label = "slice read" if logit else "slice score"
-    chart.plot(z, [s.contribution * p.n_slices for s in slices], "-o", ms=3, lw=1, color=outputs.SCORE_COLOR, label=label)
+    chart.plot(z, p.slice_reads, "-o", ms=3, lw=1, color=outputs.SCORE_COLOR, label=label)
     threshold = p.score_threshold
     chart.plot([z[0], z[-1]], [threshold] * 2, "--", color=outputs.THRESHOLD_COLOR,
                label=f"threshold {threshold:.2f} ({p.scale} scale)")

@@ -97,7 +97,6 @@ def _start_head(model: PatientClassifier, patients: Sequence[Any], labels: np.nd
     and, with ``warm_start``, fit it on those frozen features first (``head_fit``: LP-FT)."""
     from .head_fit import fit_head, frozen_slice_features
 
-    model.encoder.to(device)
     features = frozen_slice_features(model.encoder, patients, device)
     model.head.set_standardisation(torch.cat(features))
     if warm_start:

@@ -27,12 +27,12 @@ from ..models.patient_heads import PatientHead
 def frozen_slice_features(encoder: nn.Module, patients: Sequence[Any], device: torch.device,
                           batch_size: int = 256) -> list[torch.Tensor]:
     """(S_p, F) float64 features of every slice of each patient (encoder in eval mode, no augmentation)."""
-    from ..models.features import batched_outputs
+    from ..models.features import slice_features
 
     training = encoder.training
     # one patient at a time: a cohort of full-size CTs does not fit in memory at once
-    features = [batched_outputs(encoder, p.slices, device, batch_size).double() for p in patients]
-    encoder.train(training)
+    features = [torch.from_numpy(slice_features(encoder, p.slices, device, batch_size)) for p in patients]
+    encoder.train(training)  # slice_features leaves it in eval mode
     return features
 
 
