@@ -63,10 +63,11 @@ def run_case(manifest: Path, workers: int, cache: Path) -> dict:
     start, own = time.perf_counter(), time.process_time()
     patients = load_cohort(manifest, PreprocessConfig(), cache_dir=cache, workers=workers)
     wall = time.perf_counter() - start
-    # workers are children of the fork server, not of this process: their CPU time comes from the
-    # pool's own accounting (the log line of data.pool.build_entries), plus this process's
-    cpu_workers = float(re.search(r"([\d.]+) CPU-s", seen.text).group(1)) if workers > 1 else 0.0
-    cpu = cpu_workers + time.process_time() - own
+    # pool processes are children of the fork server, not of this process: their CPU time comes from
+    # the pool's own accounting (the log line of data.pool.build_entries: all builds, and those built
+    # here, which this process's own CPU time already holds)
+    total, here = map(float, re.search(r"([\d.]+) CPU-s in preprocessing \(([\d.]+) in this", seen.text).groups())
+    cpu = total - here + time.process_time() - own
     size = sum(p.stat().st_size for p in cache.iterdir() if p.suffix in (".npy", ".json") and p.name != "hashes.json")
     return {"workers": workers, "patients": len(patients), "wall_s": wall, "cpu_s": cpu,
             "slices": sum(len(p.slices) for p in patients), "bytes_per_patient": size / len(patients),
@@ -116,9 +117,9 @@ def report(args: argparse.Namespace, rows: list[dict], machine: str, load_after:
                      f"{r['bytes_per_patient'] / 1e6:.1f} | {r['peak_rss_mb']:.0f} |")
     lines += [
         "",
-        "CPU time: the preprocessing processes' own CPU time plus the main process's (pool start-up "
-        "excluded; it is in the wall time). Peak RSS with 1 worker is what one preprocessing process "
-        "needs; with more workers the main process only collects results and each worker needs about that much.",
+        "CPU time: the pool processes' own CPU time plus the main process's (pool start-up excluded; it "
+        "is in the wall time). With N workers the main process is one of them and the pool has N - 1 "
+        "processes; peak RSS is the main process's, and each pool process needs about as much.",
         f"Speed-up with {best['workers']} workers: {one['wall_s'] / best['wall_s']:.2f}x "
         f"(parallel efficiency {100 * efficiency:.0f}%)."
         + (f" The machine was shared (load average {load_before:.1f}-{load_after:.1f} on {os.cpu_count()} CPUs): "

@@ -36,7 +36,8 @@ def test_pair_heads_script_pairs_each_head_with_mean_over_the_same_patients(tmp_
 
     rng = np.random.default_rng(0)
     labels = (np.arange(60) % 2).tolist()
-    base = {"method": "none", "labels": labels, "auc_mean": 0.5, "auc_std": 0.1, "pooled_auc": 0.5}
+    base = {"method": "none", "labels": labels, "auc_mean": 0.5, "auc_std": 0.1, "pooled_auc": 0.5, "folds": 3,
+            "fold_seeds": [0]}
     records = [dict(base, protocol="finetune", patient_head="mean", oof_probability=[rng.random(60).tolist()]),
                dict(base, protocol="finetune_bands", patient_head="bands",
                     oof_probability=[(np.asarray(labels) * 0.6 + 0.4 * rng.random(60)).tolist()])]
@@ -45,6 +46,26 @@ def test_pair_heads_script_pairs_each_head_with_mean_over_the_same_patients(tmp_
     script = runpy.run_path(str(Path(__file__).parents[3] / "scripts" / "experiments" / "pair_heads.py"))
     script["main"]([str(path)])
     out = capsys.readouterr().out
-    assert "| none | bands | 0.500 ± 0.100 | 0.500 |" in out
+    assert "| none | bands | 0.500 ± 0.100 | 0.500 |" in out  # the records' own figures, then the rank column
     line = next(x for x in out.splitlines() if x.startswith("| none bands − none mean |"))
     assert "| resolved |" in line  # labels drive the bands scores: a clear, resolved gain
+
+
+def test_fold_rank_auc_removes_what_mixing_fold_scales_costs():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from wsp_cirrhosis.evaluation.crossval import cv_plans
+
+    script = runpy.run_path(str(Path(__file__).parents[3] / "scripts" / "experiments" / "pair_heads.py"))
+    rng = np.random.default_rng(1)
+    labels = np.arange(90) % 2
+    scores = labels * 1.0 + rng.normal(0, 1.0, 90)
+    plan = cv_plans(labels, 3, 1, 0)[0]
+    for k, (_, test) in enumerate(plan):  # each fold model on its own scale: shifted by 3 per fold
+        scores[test] += 3 * k
+    fold_mean = np.mean([roc_auc_score(labels[t], scores[t]) for _, t in plan])
+    record = {"labels": labels.tolist(), "oof_probability": [scores.tolist()], "folds": 3, "fold_seeds": [0]}
+    ranked = script["fold_rank_auc"](record)
+    assert roc_auc_score(labels, scores) < fold_mean - 0.1  # pooling mixes the scales
+    assert abs(ranked - fold_mean) < 0.03

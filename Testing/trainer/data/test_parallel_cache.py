@@ -136,3 +136,44 @@ def test_prepared_patients_auto_yields_every_patient_in_order(cohort, caplog):
     assert [r.patient_id for r, *_ in got] == ["p0", "p1", "p2", "p3", "p4"]
     assert [error is None for _, _, error, _ in got] == [True, True, True, False, True]
     assert "--workers auto: the first patient took" in caplog.text and "1 worker" in caplog.text
+
+
+def test_this_process_builds_beside_the_pool_and_each_patient_once(cohort, tmp_path):
+    import SimpleITK as sitk
+
+    from wsp_cirrhosis.data import pool
+    from wsp_cirrhosis.data.manifest import read_manifest
+
+    records = read_manifest(cohort)
+    threads = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    executor = pool.make_pool(1)
+    try:
+        tasks = [([r], {}) for r in records]
+        got = list(pool._shared_results(executor, tasks, CFG, tmp_path / "shared", pool_size=1))
+    finally:
+        executor.shutdown()
+    assert sorted(r.patient_id for r, *_ in got) == ["p0", "p1", "p2", "p3", "p4"]
+    here = {r.patient_id for r, *_, built_here in got if built_here}
+    assert "p4" in here  # the pool takes from the front, this process from the back, while it starts
+    assert [r.patient_id for r, _, error, *_ in got if error] == ["p3"]
+    assert (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()) == threads  # restored
+
+
+def test_a_pool_that_cannot_take_work_leaves_it_to_this_process(cohort, tmp_path, monkeypatch, caplog):
+    from wsp_cirrhosis.data import pool
+
+    def broken(workers):
+        executor = pool.ProcessPoolExecutor(max_workers=workers)
+        executor.shutdown()  # submit now raises: the feeder must hand its task back
+        return executor
+
+    monkeypatch.setattr(pool, "make_pool", broken)
+    with caplog.at_level("INFO", logger="wsp_cirrhosis"):
+        load_cohort(cohort, CFG, cache_dir=tmp_path / "pool", workers=2, skip_bad=True)
+    import re
+
+    total, here = re.search(r"with 2 worker\(s\): .* ([\d.]+) CPU-s in preprocessing \(([\d.]+) in this", caplog.text).groups()
+    assert total == here  # every patient was built here
+    load_cohort(cohort, CFG, cache_dir=tmp_path / "one", workers=1, skip_bad=True)
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "pool")
+    assert sorted(a) == sorted(b) and len(a) == 9 and [name for name in a if a[name] != b[name]] == []

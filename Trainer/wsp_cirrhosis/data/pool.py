@@ -3,7 +3,9 @@
 Workers start from a fork server (a fresh interpreter that imported the preprocessing once), not
 by forking a process whose torch / ITK thread pools may be running. Each worker uses one thread:
 the pool is the parallelism, and entries are byte-identical whatever built them (prepare_ct is
-per-voxel arithmetic; the hash memo is saved with sorted keys).
+per-voxel arithmetic; the hash memo is saved with sorted keys). When building a cache this
+process is one of the workers: it builds from the end of the queue while the pool starts and
+takes from the front, so the pool's start-up (about 1 s) is not idle time.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections import deque
+from queue import SimpleQueue
+from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -85,6 +91,21 @@ def _init_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and SimpleITK on one thread in this process (it works beside the pool), restored after."""
+    import SimpleITK as sitk
+    import torch
+
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    _init_worker()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
 def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, WSPError) else f"{type(exc).__name__}: {exc}"
 
@@ -129,17 +150,66 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=_init_worker)
 
 
-def _completed(futures: dict[Future, list[PatientRecord]]) -> Iterator[tuple[PatientRecord, dict, str | None, float]]:
-    for fut in as_completed(futures):
-        records = futures[fut]
-        try:
-            results = fut.result()
-        except BrokenProcessPool:
-            results = [({}, "a preprocessing process died (out of memory? try fewer --workers)", 0.0)] * len(records)
-        except Exception as exc:  # e.g. a record that cannot be sent to the worker
-            results = [({}, _error_text(exc), 0.0)] * len(records)
-        for record, (hashes, error, cpu) in zip(records, results):
-            yield record, hashes, error, cpu
+Task = tuple[list[PatientRecord], dict]  # a chunk of patients and the input hashes already known
+Result = tuple[PatientRecord, dict, str | None, float]  # record, its input hashes, error or None, CPU s
+
+
+def _in_pool(pool: ProcessPoolExecutor, task: Task, cfg: PreprocessConfig, cache_dir: Path) -> list[Result]:
+    """Build `task` in a pool process and wait for it (raises only if the pool takes no work)."""
+    fut = pool.submit(_build_chunk, task[0], cfg, cache_dir, task[1])
+    try:
+        results = fut.result()
+    except BrokenProcessPool:
+        results = [({}, "a preprocessing process died (out of memory? try fewer --workers)", 0.0)] * len(task[0])
+    except Exception as exc:  # e.g. a record that cannot be sent to the worker
+        results = [({}, _error_text(exc), 0.0)] * len(task[0])
+    return [(record, *result) for record, result in zip(task[0], results)]
+
+
+def _shared_results(pool: ProcessPoolExecutor, tasks: list[Task], cfg: PreprocessConfig, cache_dir: Path,
+                    pool_size: int) -> Iterator[tuple[PatientRecord, dict, str | None, float, bool]]:
+    """Yield (record, hashes, error, CPU seconds, built here?) of every task, in completion order.
+
+    One thread per pool process takes tasks from the front of the queue, one at a time (so none
+    waits in the pool's queue at the end); this process takes them from the back, starting while
+    the pool's processes start (the first submit waits for them). If the pool takes no work, its
+    threads hand their task back and this process builds the rest.
+    """
+    todo, lock, done = deque(tasks), threading.Lock(), SimpleQueue()
+
+    def feed() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                task = todo.popleft()
+            try:
+                results = _in_pool(pool, task, cfg, cache_dir)
+            except Exception:  # a shut-down or broken pool: this process builds the rest
+                with lock:
+                    todo.appendleft(task)
+                return
+            for result in results:
+                done.put(result)
+
+    feeders = [threading.Thread(target=feed, name=f"preprocess-feeder-{i}", daemon=True) for i in range(pool_size)]
+    for thread in feeders:
+        thread.start()
+    with one_thread():
+        while True:
+            while not done.empty():
+                yield *done.get(), False
+            with lock:
+                task = todo.pop() if todo else None
+            if task is None:
+                if not any(thread.is_alive() for thread in feeders):
+                    break
+                feeders[0].join(0.05)  # the pool is finishing its last tasks (or handing one back)
+                continue
+            for record in task[0]:
+                yield record, *_build_one(record, cfg, cache_dir, task[1]), True
+    while not done.empty():
+        yield *done.get(), False
 
 
 def _build_here(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir: Path, memo: "HashMemo",
@@ -181,16 +251,17 @@ def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir
     workers = min(workers, len(stale))
     if workers <= 1:
         cpu += _build_here(stale, cfg, cache_dir, memo, failures, track(stale, desc="preprocess"))
-    else:
-        pool = make_pool(workers)
+        cpu_here = cpu
+    else:  # this process is one of the workers
+        cpu_here = cpu
+        pool = make_pool(workers - 1)
         try:
-            futures = {pool.submit(_build_chunk, part, cfg, cache_dir,
-                                   memo.subset(*[p for r in part for p in (r.image, r.liver_mask)])): part
-                       for part in chunks(stale, workers)}
-            for record, hashes, error, used in track(_completed(futures), total=len(stale),
-                                                     desc=f"preprocess ({workers} workers)"):
+            tasks = [(part, memo.subset(*[p for r in part for p in (r.image, r.liver_mask)]))
+                     for part in chunks(stale, workers, per_worker=8)]
+            for record, hashes, error, used, here in track(_shared_results(pool, tasks, cfg, cache_dir, workers - 1),
+                                                           total=len(stale), desc=f"preprocess ({workers} workers)"):
                 memo.update(hashes)
-                cpu += used
+                cpu, cpu_here = cpu + used, cpu_here + (used if here else 0.0)
                 if error is not None:
                     log.warning("patient %s failed: %s", record.patient_id, error)
                     failures[record.patient_id] = error
@@ -198,8 +269,8 @@ def build_entries(records: list[PatientRecord], cfg: PreprocessConfig, cache_dir
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
-    log.info("preprocessed %d patient(s) with %d worker(s): %.1f s, %.1f CPU-s in preprocessing",
-             built, max(workers, 1), time.perf_counter() - start, cpu)
+    log.info("preprocessed %d patient(s) with %d worker(s): %.1f s, %.1f CPU-s in preprocessing (%.1f in this process)",
+             built, max(workers, 1), time.perf_counter() - start, cpu, cpu_here)
     return failures
 
 
