@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -204,7 +204,10 @@ def _shared_results(pool: ProcessPoolExecutor, tasks: list[Task], cfg: Preproces
             if task is None:
                 if not any(thread.is_alive() for thread in feeders):
                     break
-                feeders[0].join(0.05)  # the pool is finishing its last tasks (or handing one back)
+                try:  # the pool is finishing its last tasks (or handing one back)
+                    yield *done.get(timeout=0.05), False
+                except Empty:
+                    pass
                 continue
             for record in task[0]:
                 yield record, *_build_one(record, cfg, cache_dir, task[1]), True
