@@ -58,3 +58,38 @@ def test_the_warm_start_alone_reads_a_height_only_sign_that_a_fresh_head_does_no
                                bag_size=10, warm_start=warm)
         aucs[warm] = roc_auc_score(y, patient_probabilities(model, test, "cpu"))
     assert aucs[True] > 0.9 and aucs[False] < 0.75, aucs
+
+
+def test_position_aware_bags_are_the_cached_slices_unless_asked_to_augment(monkeypatch):
+    """The warm-started head was fitted on the cached slices, so fine-tuning feeds it those: a bag
+    step without augmentation is the BCE of the model's read of the bag itself; the old recipe
+    (augmented views) stays available as ``augment_bags=True``."""
+    import torch.nn.functional as F
+
+    from wsp_cirrhosis.models.patient_heads import PatientClassifier
+    from wsp_cirrhosis.training import loop
+
+    patients = _height_sign(4, seed=3)
+    torch.manual_seed(0)
+    model = PatientClassifier(build_encoder("tinynet"), build_patient_head("bands", 512)).eval()
+    batch = {"images": torch.from_numpy(np.concatenate([p.slices for p in patients[:2]])).unsqueeze(1),
+             "positions": torch.from_numpy(np.concatenate([p.positions for p in patients[:2]])),
+             "histo_labels": torch.tensor([patients[0].histo_label] * 10 + [patients[1].histo_label] * 10)}
+    loss = loop.bag_step(model, batch, torch.Generator().manual_seed(0), bag_size=10, augment=None)
+    with torch.no_grad():
+        logits = torch.stack([model.read(model.encoder(batch["images"][k * 10:(k + 1) * 10]),
+                                         batch["positions"][k * 10:(k + 1) * 10])[0] for k in range(2)])
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0]))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    augmented = loop.bag_step(model, batch, torch.Generator().manual_seed(0), bag_size=10)
+    assert not torch.allclose(augmented, expected, atol=1e-4)
+
+    calls = []
+    real = loop.random_views
+    monkeypatch.setattr(loop, "random_views", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = TrainConfig(epochs=1, batch_size=20, lr=1e-4, device="cpu")
+    fit_classifier(build_encoder("tinynet"), patients, cfg, seed=0, patient_head="bands", bag_size=10)
+    assert calls == []  # the default: the cached slices
+    fit_classifier(build_encoder("tinynet"), patients, cfg, seed=0, patient_head="bands", bag_size=10,
+                   augment_bags=True)
+    assert len(calls) > 0

@@ -8,8 +8,10 @@ patient probability is the mean of its slice probabilities.
 ``models.patient_heads``) is trained with BCE on the patient logit of position-stratified bags of
 ``--bag-size`` slices per patient, histology-balanced (``samplers.BagSampler``,
 ``loop.bag_step``); with ``--freeze`` only the head learns. The head is first fitted on the
-starting encoder's frozen features (``head_fit``: linear probing, then fine-tuning). At read time
-the head sees all of a patient's slices.
+starting encoder's frozen features (``head_fit``: linear probing, then fine-tuning), and the bags
+are the cached slices, not augmented views: the head was fitted on those, and on the pilot phantom
+augmented bags lost most of what the fit had read (docs/results.md). At read time the head sees
+all of a patient's slices.
 
 Either way the decision threshold is Youden's on the training patients' raw patient probabilities.
 """
@@ -43,6 +45,7 @@ from ..models.heads import CLASS_NAMES, SliceClassifier
 from ..models.patient_heads import PatientClassifier, build_patient_head
 from ..models.saved import model_states
 from .checkpoints import create_run_dir, load_patients, read_metrics, resolve_resume
+from .augment import Augment
 from .loop import bag_step, classifier_step, train_loop
 from .samplers import BagSampler, SliceSampler
 
@@ -64,7 +67,8 @@ def check_histology(patients: Sequence[Any], where: str) -> np.ndarray:
 
 def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, freeze: bool, seed: int,
               slices_per_patient: int | None, run_dir: Path | None, device: torch.device,
-              patient_head: str = "mean", bag_size: int = 8, warm_start: bool = True) -> nn.Module:
+              patient_head: str = "mean", bag_size: int = 8, warm_start: bool = True,
+              augment_bags: bool = False) -> nn.Module:
     labels = check_histology(patients, str(run_dir or "fine-tuning"))
     n_slices = [len(p.slices) for p in patients]
     sampler: SliceSampler | BagSampler
@@ -79,7 +83,7 @@ def _finetune(encoder: nn.Module, patients: Sequence[Any], tcfg: TrainConfig, fr
             model = PatientClassifier(encoder, build_patient_head(patient_head, encoder.feature_dim))
             _start_head(model, patients, labels, device, warm_start)
             sampler = BagSampler(labels, n_slices, tcfg.batch_size, bag_size, seed, get_rank(), get_world_size())
-            step_fn, options = bag_step, {"bag_size": bag_size}
+            step_fn, options = bag_step, {"bag_size": bag_size, "augment": Augment() if augment_bags else None}
     model.encoder.requires_grad_(not freeze)
     params = list(model.head.parameters()) if freeze else list(model.parameters())
 
@@ -106,7 +110,7 @@ def _start_head(model: PatientClassifier, patients: Sequence[Any], labels: np.nd
 
 def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: TrainConfig, freeze: bool = False,
                    seed: int | None = None, slices_per_patient: int | None = None, patient_head: str = "mean",
-                   bag_size: int = 8, warm_start: bool = True) -> nn.Module:
+                   bag_size: int = 8, warm_start: bool = True, augment_bags: bool = False) -> nn.Module:
     """Fine-tune ``encoder`` with a patient head on histology labels (no files written; single process).
 
     Args:
@@ -119,6 +123,8 @@ def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: Train
         patient_head: "mean" (a SliceClassifier), "bands" or "attention" (a PatientClassifier).
         bag_size: slices per patient bag (position-aware heads).
         warm_start: fit a position-aware head on the frozen features before training (``head_fit``).
+        augment_bags: train a position-aware head on augmented views of the bag slices (the
+            pre-2026-12-07 recipe) instead of the cached slices.
 
     Returns:
         The model, in eval mode, on ``train_cfg.device``.
@@ -126,7 +132,7 @@ def fit_classifier(encoder: nn.Module, patients: Sequence[Any], train_cfg: Train
     seed = train_cfg.seed if seed is None else seed
     tcfg = dataclasses.replace(train_cfg, resume=False)
     return _finetune(encoder, patients, tcfg, freeze, seed, slices_per_patient, None, resolve_device(train_cfg.device),
-                     patient_head, bag_size, warm_start)
+                     patient_head, bag_size, warm_start, augment_bags)
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:

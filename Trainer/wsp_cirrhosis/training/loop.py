@@ -145,7 +145,7 @@ def classifier_step(net: nn.Module, batch: dict, generator: torch.Generator, *, 
 
 
 def bag_step(net: nn.Module, batch: dict, generator: torch.Generator, *, bag_size: int, offset: int = 0,
-             total: int | None = None, bf16: bool = False, augment: Augment = Augment()) -> torch.Tensor:
+             total: int | None = None, bf16: bool = False, augment: Augment | None = Augment()) -> torch.Tensor:
     """Forward + backward of one patient-bag batch: BCE of each bag's patient logit on its histology label.
 
     Args:
@@ -153,11 +153,12 @@ def bag_step(net: nn.Module, batch: dict, generator: torch.Generator, *, bag_siz
         batch: this rank's whole bags, patient-major (``samplers.BagSampler``): "images"
             (b, 1, H, W), "positions" (b,), "histo_labels" (b,).
         bag_size: slices per bag (b is a multiple of it).
+        augment: the view distribution; None: the slices as cached.
 
     Returns:
         The mean BCE over the bags of the global batch (scalar, detached).
     """
-    (x,) = random_views(batch["images"], generator, augment, 1, offset, total)
+    x = batch["images"] if augment is None else random_views(batch["images"], generator, augment, 1, offset, total)[0]
     with _autocast(x.device, bf16):
         h = net.encoder(_layout(x, bf16))
     h = _at_least_float32(h).reshape(-1, bag_size, h.shape[-1])
