@@ -4,8 +4,9 @@ Workers start from a fork server (a fresh interpreter that imported the preproce
 by forking a process whose torch / ITK thread pools may be running. Each worker uses one thread:
 the pool is the parallelism, and entries are byte-identical whatever built them (prepare_ct is
 per-voxel arithmetic; the hash memo is saved with sorted keys). When building a cache this
-process is one of the workers: it builds from the end of the queue while the pool starts and
-takes from the front, so the pool's start-up (about 1 s) is not idle time.
+process is one of the workers: the pool's processes take patients from the front of the queue
+and this process from the back, beginning while the pool starts, so the pool's start-up (about
+1 s) is not idle time.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def default_workers() -> int:
 
 
 # Wall seconds to start a pool of forkserver workers that import SimpleITK and torch (measured
-# 1.15 s on a quiet 2-core machine, docs/benchmarks/preprocess.md), with a margin: a pool only
-# pays when the work it takes off this process saves more than this.
+# 1.15 s on a quiet 2-core machine, docs/benchmarks/preprocess.md), with a margin for two
+# processes slowing each other (CPU per patient +15-35% with both cores busy).
 POOL_START_S = 2.5
 
 
@@ -69,15 +70,16 @@ def parse_workers(value: int | str | None) -> int | None:
 def pool_pays(remaining: int, seconds_each: float, workers: int) -> bool:
     """Whether `workers` processes finish `remaining` tasks of `seconds_each` sooner than this process.
 
-    The pool saves remaining x seconds_each x (1 - 1 / workers) and costs its start-up, POOL_START_S.
+    This process keeps working while the pool starts (S = POOL_START_S), so with W seconds of work
+    left a pool ends after about (W + S (workers - 1)) / workers instead of W: it pays when W > S.
     """
-    return workers > 1 and remaining * seconds_each * (1 - 1 / workers) > POOL_START_S
+    return workers > 1 and remaining * seconds_each > POOL_START_S
 
 
 def auto_note(remaining: int, seconds_each: float, workers: int) -> str:
     """The log line of an ``auto`` choice: what was measured and what it decided."""
     pays = pool_pays(remaining, seconds_each, workers)
-    verdict = (f"a pool of {workers} pays" if pays else
+    verdict = (f"{workers} workers pay" if pays else
                f"1 worker (a pool's start-up of ~{POOL_START_S:g} s would cost more than it saves)")
     return (f"--workers auto: the first patient took {seconds_each:.2f} s, {remaining} to go on {workers} "
             f"core(s): {verdict}")
