@@ -9,8 +9,8 @@ patient probability is the mean of its slice probabilities.
 ``--bag-size`` slices per patient, histology-balanced (``samplers.BagSampler``,
 ``loop.bag_step``); with ``--freeze`` only the head learns. The head is first fitted on the
 starting encoder's frozen features (``head_fit``: linear probing, then fine-tuning), and the bags
-are the cached slices, not augmented views: the head was fitted on those, and on the pilot phantom
-augmented bags lost most of what the fit had read (docs/results.md). At read time the head sees
+are the cached slices, not augmented views: the head was fitted on those, and augmented bags
+undid part of what the fit had read (docs/results.md, 2026-12-07, part 4). At read time the head sees
 all of a patient's slices.
 
 Either way the decision threshold is Youden's on the training patients' raw patient probabilities.
