@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from wsp_cirrhosis.cli import main as cli
+from wsp_cirrhosis.evaluation.audit import best_cue, load_audit
 from wsp_cirrhosis.training.pretrain import monitor_summary
 
 MARKER = ".wsp-demo"
@@ -67,11 +68,10 @@ def print_monitors(run: Path) -> None:
 
 def print_audit(path: Path) -> None:
     """The shortcut audit's verdict: the best whole-patient cue (a shortcut would show here) and band cue."""
-    doc = json.loads(path.read_text())
+    doc = load_audit(path)
     for scope, what in (("patient", "whole-patient cue (a shortcut)"), ("band", "cue in one liver band (the sign)")):
-        cues = [c for c in doc["cues"] if c["scope"] == scope]
-        if cues:
-            best = max(cues, key=lambda c: c["auc"])
+        best = best_cue(doc, scope)
+        if best is not None:
             print(f"audit: best {what}: {best['cue']} AUC {best['auc']:.2f} "
                   f"(95% CI {best['ci95'][0]:.2f}-{best['ci95'][1]:.2f})")
     warn = doc["config"]["warn_auc"]

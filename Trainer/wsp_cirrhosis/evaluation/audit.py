@@ -129,12 +129,16 @@ def _patients_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def best_cue(doc: dict, scope: str) -> dict | None:
+    """The cue of `scope` ("patient": whole-patient, "band": one position band) with the highest AUC, or None."""
+    cues = [c for c in doc["cues"] if c["scope"] == scope]
+    return max(cues, key=lambda c: c["auc"]) if cues else None
+
+
 def _summary(doc: dict, out: Path) -> str:
     if not doc["cues"]:
         return f"{doc['message']}\nper-patient table: {out / 'patients.csv'}"
-    patient = [c for c in doc["cues"] if c["scope"] == "patient"]
-    band = [c for c in doc["cues"] if c["scope"] == "band"]
-    best_p, best_b = max(patient, key=lambda c: c["auc"]), max(band, key=lambda c: c["auc"])
+    best_p, best_b = best_cue(doc, "patient"), best_cue(doc, "band")
     return (f"{doc['patients']} patients ({doc['positive']} positive): best whole-patient cue {best_p['cue']} "
             f"AUC {best_p['auc']:.2f}, best band cue {best_b['cue']} AUC {best_b['auc']:.2f}; "
             f"{len(doc['warnings'])} warning(s); report: {out / 'audit.md'}")
