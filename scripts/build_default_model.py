@@ -24,7 +24,7 @@ from wsp_cirrhosis.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "WSPCirrhosis" / "Resources" / "Models" / "default"
-HEAD = "bands"  # the best fine-tuned head on the positional phantom (docs/results.md, 2026-12-07 LP-FT)
+HEAD = "bands"  # the best fine-tuned head on the positional phantom (docs/results.md, 2026-12-07 part 4)
 
 
 def run(argv: list[str]) -> None:
@@ -70,7 +70,7 @@ scores on a patient's CT mean nothing about that patient's liver.
   docs/training.md) on
   {args.patients} weak-labelled synthetic phantoms ({monitor_patients} of them held out for the representation
   monitors), then fine-tuning ({args.finetune_epochs} epochs per fold, the head first fitted on the frozen
-  features, then end to end at lr 1e-4 on bags of 16 slices) on {args.histo_patients} histology-labelled
+  features, then end to end at lr 1e-4 on bags of 16 cached, not augmented, slices) on {args.histo_patients} histology-labelled
   phantoms (`wsp-cirrhosis synth --seed {args.seed} --signs {args.signs}`; about 30% stage-4 "cirrhosis"; the
   sign sits at given liver heights only, with look-alike decoys elsewhere).
 - Pretraining monitors (held-out weak-set phantoms), first -> last: {monitors}.
