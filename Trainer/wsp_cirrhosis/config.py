@@ -195,6 +195,8 @@ class PretrainConfig:
                                "groups that share a slice position (close-position partners; docs/training.md)")
     monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
                                   "representation monitors; 0 = no monitors")
+    monitor_manifest: Optional[Path] = opt(None, "weak-labelled manifest of patients for the monitors only (never "
+                                           "trained on; replaces the --monitor-fraction share): a larger monitor")
     monitor_every: int = opt(1, "log the representation monitors every this many epochs (and at the end)")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
@@ -290,6 +292,8 @@ class BenchmarkConfig:
     patient_heads: str = opt("mean", "comma-separated patient heads of the finetune protocol: mean, bands, attention "
                              "(protocols finetune, finetune_bands, finetune_attention; see finetune --patient-head)")
     bag_size: int = opt(8, _BAG_HELP)
+    monitor_manifest: Optional[Path] = opt(None, "weak-labelled patients for the monitors and the weak-set probe "
+                                           "only (never trained on; default: 20%% of --weak held out)")
     batch_size: int = opt(64, "pretraining batch size")
     lr: float = opt(1e-3, "pretraining learning rate (the default recipe's; the paper's head needs ~1e-4)")
     head_norm: str = opt("batch", "projection-head normalisation of every pretraining cell (see pretrain --head-norm)",

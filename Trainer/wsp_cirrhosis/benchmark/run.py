@@ -35,8 +35,10 @@ log = logging.getLogger("wsp_cirrhosis")
 OUTPUTS = ("results.json", "results.md", "results.png", "sigma.png", "label_efficiency.png", "config.json")
 # Settings that change the numbers: a --resume with different values would mix incomparable cells.
 RESUME_FIELDS = ("weak", "strong", "epochs", "slices", "position_groups", "finetune_epochs", "finetune_slices",
-                 "bag_size", "folds", "cv_repeats", "bands", "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr",
+                 "bag_size", "monitor_manifest", "folds", "cv_repeats", "bands", "label_sizes", "batch_size", "lr", "head_norm", "finetune_lr",
                  "preprocess")
+
+NEWER_FIELDS = ("bag_size", "monitor_manifest")  # absent from older config.json files: their defaults held then
 
 __all__ = ["Cell", "parse_grid", "run_benchmark", "run_cell", "pretrain_config", "finetune_config"]
 
@@ -60,13 +62,15 @@ def run_benchmark(cfg: BenchmarkConfig) -> int:
     todo = [(c, ps) for c, ps in todo if ps]
     log.info("benchmark: %d cells, %d to run (%d records already in %s)", len(cells), len(todo), len(records), out)
     start = time.monotonic()
-    weak = strong = None
+    weak = strong = monitor = None
     if todo:
         strong = load_cohort(cfg.strong, cfg.preprocess, cache_dir=cfg.cache_dir, require="histo")
         weak = load_cohort(cfg.weak, cfg.preprocess, cache_dir=cfg.cache_dir, require="weak")
-    cohort = _cohort_summary(cfg, weak, strong, records, overlap)
+        if cfg.monitor_manifest is not None:
+            monitor = load_cohort(cfg.monitor_manifest, cfg.preprocess, cache_dir=cfg.cache_dir, require="weak")
+    cohort = _cohort_summary(cfg, weak, strong, records, overlap, monitor)
     for cell, cell_protocols in track(todo, desc="benchmark cells"):
-        records += run_cell(cell, cfg, weak, strong, out, cell_protocols)
+        records += run_cell(cell, cfg, weak, strong, out, cell_protocols, monitor)
         write_json_atomic(out / "results.json", records)
         write_reports(records, cfg, out, cohort, time.monotonic() - start)
     write_json_atomic(out / "results.json", records)
@@ -95,10 +99,13 @@ def expand_heads(protocols: list[str], heads: str) -> list[str]:
 
 
 def _check_overlap(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """Refuse histology patients that are also in the weak set (overlap.check_manifests, issue 10)."""
-    from ..data.overlap import check_manifests
+    """Refuse histology patients that are also in the weak set (overlap.check_manifests, issue 10), and
+    monitor patients that are trained on."""
+    from ..data.overlap import check_held_out, check_manifests
 
     shared = check_manifests(cfg.weak, cfg.strong, cfg.cache_dir, cfg.cache_dir, cfg.allow_overlap)
+    if cfg.monitor_manifest is not None:
+        check_held_out(cfg.weak, cfg.monitor_manifest, cfg.cache_dir)
     return {"checked": True, "overlap": shared, "allowed": bool(cfg.allow_overlap)}
 
 
@@ -130,7 +137,7 @@ def _prepare_output(cfg: BenchmarkConfig, out: Path) -> list[dict[str, Any]]:
                          "use --force to start over") from None
     now = to_dict(cfg)
     # a field newer than the saved config (bag_size) had its default then
-    changed = [k for k in RESUME_FIELDS if saved.get(k, now.get(k) if k == "bag_size" else None) != now.get(k)]
+    changed = [k for k in RESUME_FIELDS if saved.get(k, now.get(k) if k in NEWER_FIELDS else None) != now.get(k)]
     if changed:
         raise ConfigError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from "
                           f"{out / 'config.json'}; results would not be comparable (use a new --out or --force)")
@@ -149,8 +156,11 @@ def _rounded(values: Any, digits: int = 5) -> Any:
 
 
 def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path,
-             protocols: list[str]) -> list[dict[str, Any]]:
-    """Pretrain (unless "none") and evaluate one cell; one record per protocol."""
+             protocols: list[str], monitor: Any = None) -> list[dict[str, Any]]:
+    """Pretrain (unless "none") and evaluate one cell; one record per protocol.
+
+    ``monitor``: the ``--monitor-manifest`` patients (None: the held-out share of the weak set).
+    """
     from ..training.pretrain import pretrain
 
     start = time.monotonic()
@@ -163,11 +173,12 @@ def run_cell(cell: Cell, cfg: BenchmarkConfig, weak: Any, strong: Any, out: Path
             source, reused = run_path, True
         else:
             resume = (run_path / "checkpoint.pt").is_file()
-            source = Path(pretrain(pretrain_config(cfg, cell, run_path, resume, n_patients=len(weak)), weak))
+            source = Path(pretrain(pretrain_config(cfg, cell, run_path, resume, n_patients=len(weak)), weak, monitor))
         run_dir = os.path.relpath(source, out)
     pretrain_seconds = time.monotonic() - start
     train_cfg = finetune_config(cfg, cell.seed)
-    monitors = cell_monitors(source, cell, held_out_weak(weak), cfg.bands, train_cfg.device, cfg.batch_size)
+    held = held_out_weak(weak) if monitor is None else monitor
+    monitors = cell_monitors(source, cell, held, cfg.bands, train_cfg.device, cfg.batch_size)
     result = evaluate_repeated(source, strong, cfg.folds, cfg.cv_repeats, protocols, train_cfg, cell.seed,
                                cell.encoder, cfg.finetune_slices, cfg.bands, parse_label_sizes(cfg), cfg.bag_size)
     records = []
@@ -195,7 +206,8 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
     the benchmark's ``head_norm`` (BatchNorm by default: with the paper's plain head, short runs leave
     SupCon and wide-sigma WSP at the collapsed loss, docs/training.md); a
     fixed `MONITOR_FRACTION` of the weak patients is held out for the monitors (the same patients
-    in every cell: the split depends only on the weak labels), so every cell's monitors, and the
+    in every cell: the split depends only on the weak labels; ``--monitor-manifest`` replaces them
+    by a separate set and every weak patient is trained on), so every cell's monitors, and the
     sigma chosen from them, are measured on patients no encoder was trained on. The slice-level
     monitors run at initialisation and after the last epoch only (they cost a pass over ~2400 slices).
     """
@@ -205,6 +217,7 @@ def pretrain_config(cfg: BenchmarkConfig, cell: Cell, run_path: Path, resume: bo
     return PretrainConfig(
         manifest=cfg.weak, out=run_path, method=cell.method, encoder=cell.encoder,
         cache_dir=cfg.cache_dir, preprocess=cfg.preprocess, monitor_fraction=MONITOR_FRACTION, head_norm=cfg.head_norm,
+        monitor_manifest=cfg.monitor_manifest,
         monitor_every=epochs, slices_per_epoch=per_epoch, slices=cfg.slices, position_groups=cfg.position_groups,
         train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cell.seed,
                           device=cfg.device, bf16=cfg.bf16, resume=resume, force=not resume),
@@ -225,7 +238,7 @@ def is_synthetic(manifest: Path) -> bool:
 
 
 def _cohort_summary(cfg: BenchmarkConfig, weak: Any, strong: Any, records: list[dict[str, Any]],
-                    overlap: dict[str, Any]) -> dict[str, Any]:
+                    overlap: dict[str, Any], monitor: Any = None) -> dict[str, Any]:
     import json
 
     summary: dict[str, Any] = {"synthetic": is_synthetic(cfg.weak) or is_synthetic(cfg.strong),
@@ -239,7 +252,7 @@ def _cohort_summary(cfg: BenchmarkConfig, weak: Any, strong: Any, records: list[
     if weak is not None:
         summary["weak_patients"] = len(weak)
         summary["weak_slices"] = int(sum(len(p.slices) for p in weak))
-        summary["monitor_patients"] = len(held_out_weak(weak))
+        summary["monitor_patients"] = len(held_out_weak(weak) if monitor is None else monitor)
     if strong is not None:
         summary["histo_patients"] = len(strong)
         summary["histo_positive"] = int(sum(int(p.histo_label) for p in strong))

@@ -79,8 +79,9 @@ def _header(records: list[dict[str, Any]], cfg: BenchmarkConfig, cohort: dict[st
     compute += sum(r["evaluate_seconds"] for r in records)
     data = f"pretraining `{cfg.weak}`"
     if "weak_patients" in cohort:
-        data += (f" ({cohort['weak_patients']} patients, {cohort['weak_slices']} slices; "
-                 f"{cohort.get('monitor_patients', '?')} held out for the monitors)")
+        held = f"{cohort.get('monitor_patients', '?')} held out for the monitors" if cfg.monitor_manifest is None \
+            else f"monitors on the {cohort.get('monitor_patients', '?')} patients of `{cfg.monitor_manifest}`"
+        data += f" ({cohort['weak_patients']} patients, {cohort['weak_slices']} slices; {held})"
     data += f"; evaluation `{cfg.strong}`"
     if "histo_patients" in cohort:
         data += f" ({cohort['histo_patients']} patients, {cohort['histo_positive']} with cirrhosis)"

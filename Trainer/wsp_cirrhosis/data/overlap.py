@@ -111,3 +111,20 @@ def check_run_overlap(encoder_source: str | Path, histo_manifest: str | Path, hi
     overlap = check_manifests(weak_manifest, histo_manifest, Path(weak_cache) if weak_cache else None,
                               histo_cache_dir, allow_overlap)
     return {"checked": True, "weak_manifest": str(weak_manifest), "overlap": overlap, "allowed": bool(allow_overlap)}
+
+
+def check_held_out(train_manifest: str | Path, held_manifest: str | Path, cache_dir: Path | None = None) -> None:
+    """Refuse a held-out set (``--monitor-manifest``) that shares patients (id or CT content) with the
+    set trained on. Cache folders: `cache_dir`, else .wsp-cache beside each manifest.
+
+    Raises:
+        InputError: naming the held-out manifest and the shared patients.
+    """
+    train, held = read_manifest(train_manifest), read_manifest(held_manifest)
+    shared = find_overlap(train, held, image_hashes(train, Path(cache_dir or default_cache_dir(train_manifest))),
+                          image_hashes(held, Path(cache_dir or default_cache_dir(held_manifest))))
+    if shared:
+        listed = ", ".join(f"{s['patient_id']} (same {s['by']})" for s in shared[:SHOWN])
+        listed += f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+        raise InputError(f"{held_manifest}: {len(shared)} patient(s) are also in {train_manifest}: {listed}; "
+                         "monitor patients must never be trained on")

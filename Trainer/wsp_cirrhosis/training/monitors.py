@@ -160,11 +160,12 @@ def band_pooled(features: np.ndarray, positions: np.ndarray, patients: np.ndarra
     return ids, out
 
 
-def weak_band_auc(features: np.ndarray, held_out: "MonitorSet", bands: int = BANDS, folds: int = 5) -> float:
-    """Cross-validated AUC of the weak reading "cirrhosis" from band-pooled features of the held-out
-    patients (NaN when a class has fewer than 2 patients)."""
+def weak_band_scores(features: np.ndarray, held_out: "MonitorSet", bands: int = BANDS,
+                     folds: int = 5) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weak "cirrhosis" labels, out-of-fold probe scores), one per held-out patient, of the weak
+    band-probe (None when a class has fewer than 2 patients). The folds are fixed (seed 0), so two
+    encoders scored on the same patients are paired."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -174,11 +175,19 @@ def weak_band_auc(features: np.ndarray, held_out: "MonitorSet", bands: int = BAN
     y = (held_out.labels[first] == CIRRHOSIS_READING).astype(int)
     folds = min(folds, int(np.bincount(y, minlength=2).min()))
     if folds < 2:
-        return float("nan")
+        return None
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
-    score = cross_val_predict(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                              method="decision_function")
-    return float(roc_auc_score(y, score))
+    return y, cross_val_predict(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+                                method="decision_function")
+
+
+def weak_band_auc(features: np.ndarray, held_out: "MonitorSet", bands: int = BANDS, folds: int = 5) -> float:
+    """Cross-validated AUC of the weak reading "cirrhosis" from band-pooled features of the held-out
+    patients (NaN when a class has fewer than 2 patients)."""
+    from sklearn.metrics import roc_auc_score
+
+    scored = weak_band_scores(features, held_out, bands, folds)
+    return float("nan") if scored is None else float(roc_auc_score(*scored))
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor) -> float:

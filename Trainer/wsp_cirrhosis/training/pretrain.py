@@ -6,7 +6,8 @@ paper`` sets the paper's settings (``recipes.apply_recipe``, ``augment.PAPER_AUG
 
 Monitors (``monitors.py``): ``--monitor-fraction`` of the weak-set patients (stratified on the
 weak label, fixed seed 0, so every run and seed holds out the same patients) are never trained
-on. Before training (step 0), every ``--monitor-every`` epochs and after the last epoch, rank 0
+on; ``--monitor-manifest`` names a separate weak-labelled set instead (all of it held out, the
+whole weak set trained on), for monitors with less sampling noise. Before training (step 0), every ``--monitor-every`` epochs and after the last epoch, rank 0
 adds kNN balanced accuracy, position R^2, alignment, uniformity and effective rank to that
 epoch's line of metrics.jsonl; every epoch line has ``loss_excess``. ``curves.png`` plots them.
 """
@@ -108,13 +109,16 @@ def _format(line: dict) -> str:
     return ", ".join(f"{k} {line[k]:.3f}" for k in MONITOR_KEYS if k in line)
 
 
-def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
+def pretrain(cfg: PretrainConfig, patients: Sequence[Any], monitor_patients: Sequence[Any] | None = None) -> Path:
     """Contrastive pretraining of ``cfg.encoder`` on ``patients``; returns the run folder.
 
     Args:
         cfg: the pretrain settings (``cfg.out`` is the run folder); its recipe is applied here.
         patients: CachedPatient-like objects (``.slices`` (S, H, W), ``.positions`` (S,),
             ``.weak_label``); ``cfg.monitor_fraction`` of them are held out for the monitors.
+        monitor_patients: a separate weak-labelled set for the monitors (``--monitor-manifest``;
+            `data.overlap.check_held_out` refuses one that shares patients); every one of ``patients``
+            is then trained on.
 
     Returns:
         ``cfg.out``, holding config.json (the settings after the recipe), metrics.jsonl,
@@ -134,11 +138,15 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
     _check_patients(cfg, patients)
     tcfg, world = cfg.train, get_world_size()
     labels = [-1 if p.weak_label is None else int(p.weak_label) for p in patients]
-    train_idx, held_idx = split_monitor_patients(labels, cfg.monitor_fraction, MONITOR_SEED)
+    if monitor_patients is None:
+        train_idx, held_idx = split_monitor_patients(labels, cfg.monitor_fraction, MONITOR_SEED)
+        held_out = [patients[i] for i in held_idx]
+    else:
+        train_idx, held_out = list(range(len(patients))), list(monitor_patients)
     train_patients = [patients[i] for i in train_idx]
-    if tcfg.batch_size > len(train_patients) and len(held_idx):
+    if tcfg.batch_size > len(train_patients) and monitor_patients is None and held_out:
         raise ConfigError(f"--batch-size {tcfg.batch_size} exceeds the {len(train_patients)} training patients "
-                          f"({len(held_idx)} held out by --monitor-fraction {cfg.monitor_fraction}); lower "
+                          f"({len(held_out)} held out by --monitor-fraction {cfg.monitor_fraction}); lower "
                           "--batch-size or --monitor-fraction")
     steps_per_epoch = -(-cfg.slices_per_epoch // tcfg.batch_size)
     sampler = PatientSampler([labels[i] for i in train_idx], [len(p.slices) for p in train_patients],
@@ -154,7 +162,7 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
         torch.manual_seed(tcfg.seed)
         model = Projector(build_encoder(cfg.encoder), ProjectionHead(512, 256, 128, norm=cfg.head_norm))
     model.to(device)
-    monitor = _Monitor(cfg, model, train_patients, [patients[i] for i in held_idx], device)
+    monitor = _Monitor(cfg, model, train_patients, held_out, device)
     loss_kwargs = {"method": cfg.method, "sigma": cfg.sigma, "tau": cfg.tau, "threshold": cfg.threshold}
     augment = AUGMENTS[cfg.recipe]
 
@@ -174,7 +182,7 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any]) -> Path:
         save_torch_atomic({
             "encoder_name": cfg.encoder, "encoder_state": {k: v.cpu() for k, v in model.encoder.state_dict().items()},
             "method": cfg.method, "preprocess": to_dict(cfg.preprocess), "config": to_dict(cfg),
-            "monitor_patients": [str(patients[i].patient_id) for i in held_idx],
+            "monitor_patients": [str(p.patient_id) for p in held_out],
         }, run_dir / "encoder.pt")
         if monitor.active:
             from .plots import plot_curves
@@ -202,8 +210,14 @@ def run_pretrain(cfg: PretrainConfig) -> int:
     try:
         cfg = resolve_resume(cfg)
         require = "weak" if cfg.method in ("supcon", "wsp") else None
+        if cfg.monitor_manifest is not None:
+            from ..data.overlap import check_held_out
+
+            check_held_out(cfg.manifest, cfg.monitor_manifest, cfg.cache_dir)
         patients = load_patients(cfg.manifest, cfg.preprocess, cfg.cache_dir, require)
-        run_dir = pretrain(cfg, patients)
+        monitor = None if cfg.monitor_manifest is None else \
+            load_patients(cfg.monitor_manifest, cfg.preprocess, cfg.cache_dir, "weak")
+        run_dir = pretrain(cfg, patients, monitor)
         if is_rank_zero():
             log.info("pretrained encoder: %s", run_dir / "encoder.pt")
         return 0

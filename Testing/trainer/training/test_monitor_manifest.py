@@ -1,0 +1,100 @@
+"""`pretrain --monitor-manifest`: monitors on a separate weak-labelled set, refused when it shares
+patients with the training set; `scripts/experiments/weak_probe_gain.py` re-scores the same probe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest_train import make_cohort, shared_cohort
+from wsp_cirrhosis.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts" / "experiments"))
+
+TINY = ["--image-size", "32", "--epochs", "2", "--slices-per-epoch", "16", "--batch-size", "4", "--device", "cpu",
+        "--method", "wsp"]
+
+
+def _renamed(src: Path, dst: Path, prefix: str) -> Path:
+    """A copy of manifest `src` beside it with every patient_id prefixed (same images)."""
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(dst, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "patient_id": prefix + r["patient_id"]} for r in rows)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny pretrain run on the shared cohort, monitored on 16 patients of another phantom cohort."""
+    train = shared_cohort(tmp_path_factory) / "weak.csv"
+    other = make_cohort(tmp_path_factory.mktemp("monitor") / "cohort", patients=16, histo_patients=2, seed=5)
+    monitor = _renamed(other / "weak.csv", other / "monitor.csv", "mon-")
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["pretrain", "--manifest", str(train), "--monitor-manifest", str(monitor), "--out", str(run),
+                 "--monitor-every", "2", *TINY]) == 0
+    return run, monitor
+
+
+def test_the_monitors_see_only_the_monitor_manifest(monitored):
+    run, monitor = monitored
+    saved = torch.load(run / "encoder.pt", map_location="cpu", weights_only=True)
+    with open(monitor, newline="") as f:
+        expected = [r["patient_id"] for r in csv.DictReader(f)]
+    assert saved["monitor_patients"] == expected  # all of them, and none of the 8 training patients
+    assert json.loads((run / "config.json").read_text())["config"]["monitor_manifest"] == str(monitor)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and 0.0 <= lines[0]["weak_band_auc"] <= 1.0
+
+
+@pytest.mark.parametrize("shared_by", ["patient_id", "image content"])
+def test_a_monitor_manifest_sharing_patients_is_refused(shared_by, monitored, tmp_path_factory, tmp_path, capsys):
+    train = shared_cohort(tmp_path_factory) / "weak.csv"
+    # other phantoms under the training set's ids (weak-0000, ...), or the training CTs under new ids
+    monitor = monitored[1].parent / "weak.csv" if shared_by == "patient_id" else \
+        _renamed(train, train.parent / "same-cts.csv", "again-")
+    code = main(["pretrain", "--manifest", str(train), "--monitor-manifest", str(monitor),
+                 "--out", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and str(monitor) in err and f"(same {shared_by})" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_gain_script_rescores_the_runs_first_and_last_monitor(monitored, tmp_path, capsys):
+    import weak_probe_gain
+
+    run, monitor = monitored
+    weak_probe_gain.main([str(run), "--manifest", str(monitor), "--n-boot", "200", "--out", str(tmp_path / "g.json")])
+    result = json.loads((tmp_path / "g.json").read_text())
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first, last = lines[0]["weak_band_auc"], lines[-1]["weak_band_auc"]
+    row = result["runs"][0]
+    # the seed's random init is the run's step-0 encoder, and the probe and its folds are the monitor's
+    assert row["auc_b"] == pytest.approx(first, abs=1e-4) and row["auc_a"] == pytest.approx(last, abs=1e-4)
+    assert row["difference"] == pytest.approx(last - first, abs=2e-4) and row["lo"] <= row["difference"] <= row["hi"]
+    assert result["patients"] == 16 and result["pooled"]["replicates"] == 1
+    assert "| mean of 1 runs |" in capsys.readouterr().out
+
+
+def test_the_benchmark_monitors_every_cell_on_the_monitor_manifest(monitored, tmp_path_factory, tmp_path):
+    cohort = shared_cohort(tmp_path_factory)
+    _, monitor = monitored
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--weak", str(cohort / "weak.csv"), "--strong", str(cohort / "histo.csv"),
+                 "--monitor-manifest", str(monitor), "--out", str(out), "--methods", "none,wsp", "--seeds", "0",
+                 "--sigmas", "0.5", "--folds", "2", "--epochs", "1", "--batch-size", "4", "--image-size", "32",
+                 "--protocols", "frozen_bands", "--device", "cpu"]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in records} == {"none", "wsp"}
+    assert all(0.0 <= r["monitors"]["weak_band_auc"] <= 1.0 for r in records)  # 16 monitor patients: defined
+    saved = torch.load(out / "runs" / "wsp-sigma0.5" / "tinynet" / "seed0" / "encoder.pt", map_location="cpu",
+                       weights_only=True)
+    assert saved["monitor_patients"][0].startswith("mon-") and len(saved["monitor_patients"]) == 16
+    assert f"monitors on the 16 patients of `{monitor}`" in (out / "results.md").read_text()
