@@ -3,9 +3,12 @@ the positional phantom, WSP and positional over one sigma grid, the global phant
 control, fine-tuning of the chosen cells, and a 2D embedding picture.
 
 Stages: (1) the grid with the frozen probes (mean pooling, position bands, label efficiency) on the
-positional phantom; WSP's sigma is chosen on the weak set's held-out monitors; (2) the negative
-control on the global phantom at that sigma; (3) fine-tuning (random init, SupCon, WSP at that
-sigma by default) in the same benchmark folder, reusing the pretrained encoders; (4) the embedding.
+positional phantom; WSP's sigma is chosen on the weak-set monitors: a separate weak-labelled
+phantom cohort (OUT/cohort-monitor, the config's 'monitor' section) when there is one, else 20% of
+the weak set held out; (2) the negative control on the global phantom at that sigma (its monitors:
+20% of its weak set); (3) fine-tuning (random init, SupCon, WSP at that sigma by default; the
+'finetune' section's patient heads) in the same benchmark folder, reusing the pretrained encoders;
+(4) the embedding.
 
     python scripts/reproduce.py                 # default size (checked-in scripts/reproduce/default.json)
     python scripts/reproduce.py --full          # paper-like size, for a GPU (scripts/reproduce/full.json)
@@ -126,7 +129,7 @@ def _stage(name: str, start: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None,
-                        help="JSON with 'synth', 'benchmark' and optional 'control', 'finetune' sections")
+                        help="JSON with 'synth', 'benchmark' and optional 'monitor', 'control', 'finetune' sections")
     parser.add_argument("--full", action="store_true", help="the paper-like size (scripts/reproduce/full.json), for a GPU")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     args = parser.parse_args()
@@ -138,7 +141,11 @@ def main() -> None:
     encoder = b["encoders"].split(",")[0]
     _stage("1. positional phantom: pretraining grid + frozen probes", start)
     synth(cohort, config["synth"])
-    benchmark(cohort, bench, b)
+    monitor: dict = {}
+    if "monitor" in config:  # monitors (and so the choice of sigma) on a separate weak cohort, not 20% of the weak set
+        synth(args.out / "cohort-monitor", dict(config["synth"], histo_patients=0, id_prefix="mon-", **config["monitor"]))
+        monitor = {"monitor_manifest": args.out / "cohort-monitor" / "weak.csv"}
+    benchmark(cohort, bench, b, **monitor)
     sigma = chosen_sigma(bench, encoder)
     grid = [float(x) for x in str(b.get("sigmas", "")).split(",") if x.strip()]
     if sigma is None and grid:  # the monitor was undefined (too few held-out patients of a class)
@@ -153,7 +160,7 @@ def main() -> None:
         benchmark(args.out / "cohort-global", args.out / "control", b, sigmas=sigma_text, **control)
     if "finetune" in config:  # fine-tuning of the chosen cells, reusing their pretrained encoders
         _stage("3. fine-tuning", start)
-        benchmark(cohort, bench, b, protocols="finetune", sigmas=sigma_text, **config["finetune"])
+        benchmark(cohort, bench, b, protocols="finetune", sigmas=sigma_text, **monitor, **config["finetune"])
     _stage("4. embedding figure", start)
     run_name = "wsp" if sigma is None else f"wsp-sigma{sigma_text}"
     figure = embedding_figure(bench / "runs" / run_name / encoder / "seed0", cohort / "weak.csv",

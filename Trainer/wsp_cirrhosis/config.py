@@ -87,11 +87,14 @@ class SynthConfig:
                      "global (whole-liver signs: an easy negative control), none (no effect: a null control)",
                      choices=SYNTH_SIGNS)
     seed: int = opt(0, "random seed")
+    id_prefix: str = opt("", "prefix of every patient id and file name (keeps two phantom cohorts' ids apart)")
     force: bool = opt(False, "replace an existing output folder")
 
     def __post_init__(self) -> None:
         if self.signs not in SYNTH_SIGNS:
             raise ConfigError(f"--signs {self.signs!r}: choose one of {', '.join(SYNTH_SIGNS)}")
+        if not all(c.isalnum() or c in "._-" for c in self.id_prefix):
+            raise ConfigError(f"--id-prefix {self.id_prefix!r}: use letters, digits, '.', '_' and '-' only")
         _check_range("patients", self.patients, 0)
         _check_range("histo_patients", self.histo_patients, 0)
         _check_range("cirrhosis_fraction", self.cirrhosis_fraction, 0.0, 1.0)

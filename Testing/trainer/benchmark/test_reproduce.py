@@ -17,7 +17,8 @@ def test_reproduce_script_runs_every_stage_at_toy_size(tmp_path, monkeypatch):
         "benchmark": dict(default["benchmark"], methods="none,supcon,wsp", seeds="0", sigmas="0.2,0.5", epochs=1, slices=0,
                           batch_size=4, folds=2, cv_repeats=1, label_sizes="4", finetune_epochs=1, finetune_slices=2,
                           image_size=32, device="cpu"),
-        "finetune": {"methods": "wsp", "seeds": "0"},
+        "monitor": {"patients": 12, "seed": 2},
+        "finetune": {"methods": "wsp", "seeds": "0", "patient_heads": "mean,bands"},
         "control": {"signs": "global", "methods": "none,wsp", "seeds": "0"},
     }
     config = tmp_path / "toy.json"
@@ -33,6 +34,11 @@ def test_reproduce_script_runs_every_stage_at_toy_size(tmp_path, monkeypatch):
     means = {r["sigma"]: r["monitors"]["weak_band_auc"] for r in records if r["method"] == "wsp"}
     tuned = [r for r in records if r["protocol"] == "finetune"]
     assert len(tuned) == 1 and tuned[0]["method"] == "wsp" and tuned[0]["pretrain_reused"]
+    assert [r["protocol"] for r in records if r["protocol"].startswith("finetune")] == ["finetune", "finetune_bands"]
+    # the monitors of the grid ran on the separate monitor cohort (ids apart from the weak set's)
+    monitor = out / "cohort-monitor" / "weak.csv"
+    assert monitor.read_text().splitlines()[1].startswith("mon-weak-0000,")
+    assert f"monitors on the 12 patients of `{monitor}`" in (out / "benchmark" / "results.md").read_text()
     finite = {s: v for s, v in means.items() if v is not None}
     # chosen on the monitor; the grid's first sigma when the toy's monitor is undefined
     assert means[tuned[0]["sigma"]] == max(finite.values()) if finite else tuned[0]["sigma"] == 0.2
@@ -51,3 +57,5 @@ def test_reproduce_script_runs_every_stage_at_toy_size(tmp_path, monkeypatch):
         assert set(cfg["benchmark"]) <= flags, name
         for section in ("finetune", "control"):
             assert set(cfg.get(section, {})) - {"signs"} <= flags, (name, section)
+        synth_flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["synth"]._actions}
+        assert set(cfg.get("monitor", {})) <= synth_flags, name

@@ -78,6 +78,18 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(cohort, tmp_pa
     assert all(first[k] != second[k] for k in first if k.startswith("images/"))
 
 
+def test_id_prefix_renames_the_patients_and_keeps_their_phantoms(cohort, tmp_path, capsys):
+    out = tmp_path / "prefixed"
+    assert main(["synth", "--out", str(out), "--seed", "3", "--id-prefix", "site2-", *TINY]) == 0
+    ids = [r.patient_id for r in read_manifest(out / "weak.csv")]
+    assert ids == ["site2-weak-0000", "site2-weak-0001", "site2-weak-0002"]
+    plain = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "images" / "histo-0001.nii.gz")))
+    renamed = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / "site2-histo-0001.nii.gz")))
+    assert np.array_equal(plain, renamed)  # the same phantom under another id: the draws do not depend on it
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--id-prefix", "../x"]) == 2
+    assert "--id-prefix" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_existing_folder_is_refused_without_force_and_replaced_with_it(tmp_path):
     out = tmp_path / "c"
     out.mkdir()

@@ -74,7 +74,7 @@ def plan_cohort(cfg: SynthConfig) -> list[dict]:
     for name, n in (("weak", cfg.patients), ("histo", cfg.histo_patients)):
         rng = np.random.default_rng([cfg.seed, SETS[name]])
         for i, stage in enumerate(draw_stages(n, rng, name, cfg.cirrhosis_fraction)):
-            plan.append({"set": name, "index": i, "patient_id": f"{name}-{i:04d}", "stage": int(stage),
+            plan.append({"set": name, "index": i, "patient_id": f"{cfg.id_prefix}{name}-{i:04d}", "stage": int(stage),
                          "weak_label": read_weak_label(int(stage), rng, reader_noise),
                          "histo_label": int(stage == 4) if name == "histo" else None})
     return plan
