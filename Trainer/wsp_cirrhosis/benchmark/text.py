@@ -140,7 +140,8 @@ def format_report(records: list[dict[str, Any]], cfg: BenchmarkConfig, cohort: d
               "phantom, so it stays near chance (0.33) even for a good encoder. The weak band-probe AUC "
               "(patient level, features pooled within bands of d, held-out weak patients, weak labels only) is the "
               "position-aware view; *learned?* = at least 0.05 above random init's, and never when the loss excess "
-              "ends at 0.95 or above (the encoder stayed near the collapsed value of its own objective).", "",
+              "ends at 0.95 or above (the encoder stayed near the collapsed value of its own objective: that \"no\" is "
+              "about the objective; the features can still move, and the probe columns say how far).", "",
               format_monitors(records), ""]
     for enc in encoders:
         lines += [f"## Paired differences ({enc})", "",
