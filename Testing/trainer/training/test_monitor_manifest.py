@@ -98,3 +98,20 @@ def test_the_benchmark_monitors_every_cell_on_the_monitor_manifest(monitored, tm
                        weights_only=True)
     assert saved["monitor_patients"][0].startswith("mon-") and len(saved["monitor_patients"]) == 16
     assert f"monitors on the 16 patients of `{monitor}`" in (out / "results.md").read_text()
+
+
+def test_compare_runs_averages_runs_that_share_a_label(monitored, tmp_path, capsys):
+    import compare_runs
+
+    run, _ = monitored
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    shifted = [{**line, "weak_band_auc": line["weak_band_auc"] + 0.1} for line in lines if "weak_band_auc" in line]
+    xs, mean, lo, hi = compare_runs._curve([(4, lines), (4, shifted)], "weak_band_auc")
+    assert xs == [line["step"] * 4 for line in shifted]  # slices seen = step x batch
+    base = [line["weak_band_auc"] for line in lines if "weak_band_auc" in line]
+    assert mean == pytest.approx([b + 0.05 for b in base]) and lo == pytest.approx(base)
+    assert hi == pytest.approx([b + 0.1 for b in base])
+    compare_runs.main([str(run), str(run), "--labels", "a,a", "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.count("| run (a) |") == 2
+    with pytest.raises(SystemExit, match="--labels"):
+        compare_runs.main([str(run), "--labels", "a,b", "--out", str(tmp_path / "d.png")])
