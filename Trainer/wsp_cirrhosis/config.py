@@ -198,8 +198,7 @@ class PretrainConfig:
                                "groups that share a slice position (close-position partners; docs/training.md)")
     monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
                                   "representation monitors; 0 = no monitors")
-    monitor_manifest: Optional[Path] = opt(None, "weak-labelled manifest of patients for the monitors only (never "
-                                           "trained on; replaces the --monitor-fraction share): a larger monitor")
+    monitor_manifest: Optional[Path] = opt(None, "weak-labelled monitor patients, never trained on (replaces --monitor-fraction)")
     monitor_every: int = opt(1, "log the representation monitors every this many epochs (and at the end)")
     cache_dir: Optional[Path] = opt(None, "slice cache folder (default: .wsp-cache beside the manifest)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))

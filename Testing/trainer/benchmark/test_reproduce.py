@@ -38,7 +38,7 @@ def test_reproduce_script_runs_every_stage_at_toy_size(tmp_path, monkeypatch):
     # the monitors of the grid ran on the separate monitor cohort (ids apart from the weak set's)
     monitor = out / "cohort-monitor" / "weak.csv"
     assert monitor.read_text().splitlines()[1].startswith("mon-weak-0000,")
-    assert f"monitors on the 12 patients of `{monitor}`" in (out / "benchmark" / "results.md").read_text()
+    assert f"monitors on the 12 patients of `{monitor}`" in (out / "benchmark" / "results.md").read_text(encoding="utf-8")
     finite = {s: v for s, v in means.items() if v is not None}
     # chosen on the monitor; the grid's first sigma when the toy's monitor is undefined
     assert means[tuned[0]["sigma"]] == max(finite.values()) if finite else tuned[0]["sigma"] == 0.2

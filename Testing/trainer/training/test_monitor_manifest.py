@@ -97,7 +97,7 @@ def test_the_benchmark_monitors_every_cell_on_the_monitor_manifest(monitored, tm
     saved = torch.load(out / "runs" / "wsp-sigma0.5" / "tinynet" / "seed0" / "encoder.pt", map_location="cpu",
                        weights_only=True)
     assert saved["monitor_patients"][0].startswith("mon-") and len(saved["monitor_patients"]) == 16
-    assert f"monitors on the 16 patients of `{monitor}`" in (out / "results.md").read_text()
+    assert f"monitors on the 16 patients of `{monitor}`" in (out / "results.md").read_text(encoding="utf-8")
 
 
 def test_compare_runs_averages_runs_that_share_a_label(monitored, tmp_path, capsys):
