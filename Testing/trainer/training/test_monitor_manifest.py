@@ -4,6 +4,7 @@ patients with the training set; `scripts/experiments/weak_probe_gain.py` re-scor
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -115,3 +116,16 @@ def test_compare_runs_averages_runs_that_share_a_label(monitored, tmp_path, caps
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.count("| run (a) |") == 2
     with pytest.raises(SystemExit, match="--labels"):
         compare_runs.main([str(run), "--labels", "a,b", "--out", str(tmp_path / "d.png")])
+
+
+def test_a_small_monitor_says_how_much_its_probe_can_resolve(tmp_path, caplog):
+    from conftest_train import fake_patients
+    from wsp_cirrhosis.config import PretrainConfig, TrainConfig
+    from wsp_cirrhosis.training.pretrain import pretrain
+
+    cfg = PretrainConfig(manifest=Path("fake.csv"), out=tmp_path / "run", method="simclr", slices_per_epoch=8,
+                         train=TrainConfig(epochs=1, batch_size=4, device="cpu"))
+    with caplog.at_level("INFO", logger="wsp_cirrhosis"):
+        monitor = [dataclasses.replace(p, patient_id=f"mon-{p.patient_id}") for p in fake_patients(6, seed=1)]
+        pretrain(cfg, fake_patients(12), monitor_patients=monitor)
+    assert "monitors on 6 held-out patients" in caplog.text and "--monitor-manifest" in caplog.text

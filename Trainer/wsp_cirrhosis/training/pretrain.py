@@ -53,6 +53,7 @@ from .samplers import PatientSampler
 log = logging.getLogger("wsp_cirrhosis")
 MONITOR_SEED = 0  # the held-out monitor patients do not depend on --seed: runs stay comparable
 REFERENCE_PATIENTS = 300  # at most this many training patients in the kNN reference set
+SMALL_MONITOR = 200  # fewer held-out patients than this: the weak band-probe cannot resolve a 0.05 gain
 REFERENCE_SLICES = HELD_OUT_SLICES = 12  # evenly spaced slices per patient (signs may sit in narrow d bands)
 
 
@@ -158,6 +159,9 @@ def pretrain(cfg: PretrainConfig, patients: Sequence[Any], monitor_patients: Seq
     if is_rank_zero():
         log.info("schedule: %d epochs x %d steps x batch %d = %d slices", tcfg.epochs, steps_per_epoch,
                  tcfg.batch_size, slices_seen(cfg))
+        if 0 < len(held_out) < SMALL_MONITOR:
+            log.info("monitors on %d held-out patients: their weak band-probe moves by about +-0.05 between runs; "
+                     "a gain of that size needed 600 (--monitor-manifest, docs/training.md)", len(held_out))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model = Projector(build_encoder(cfg.encoder), ProjectionHead(512, 256, 128, norm=cfg.head_norm))
