@@ -7,9 +7,10 @@ paper`` sets the paper's settings (``recipes.apply_recipe``, ``augment.PAPER_AUG
 Monitors (``monitors.py``): ``--monitor-fraction`` of the weak-set patients (stratified on the
 weak label, fixed seed 0, so every run and seed holds out the same patients) are never trained
 on; ``--monitor-manifest`` names a separate weak-labelled set instead (all of it held out, the
-whole weak set trained on), for monitors with less sampling noise. Before training (step 0), every ``--monitor-every`` epochs and after the last epoch, rank 0
-adds kNN balanced accuracy, position R^2, alignment, uniformity and effective rank to that
-epoch's line of metrics.jsonl; every epoch line has ``loss_excess``. ``curves.png`` plots them.
+whole weak set trained on), for monitors with less sampling noise. Before training (step 0),
+every ``--monitor-every`` epochs and after the last epoch, rank 0 adds kNN balanced accuracy,
+the weak band-probe, position R^2, alignment, uniformity and effective rank to that epoch's line
+of metrics.jsonl; every epoch line has ``loss_excess``. ``curves.png`` plots them.
 """
 
 from __future__ import annotations
