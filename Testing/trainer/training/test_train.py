@@ -285,6 +285,10 @@ def test_slices_budget_sets_the_epochs_and_a_run_draws_that_many_slices(tmp_path
     assert apply_budget(dataclasses.replace(base, slices=0)).train.epochs == 99
     wide = apply_budget(dataclasses.replace(base, train=dataclasses.replace(base.train, batch_size=32)))
     assert wide.train.epochs == 5 and 450 <= slices_seen(wide) < 450 + 5 * 32  # equal budget at any batch size
+    # short epochs (a benchmark epoch = one pass over 200 patients, 7 steps of 32): not 120 x 7 steps = 26,880
+    cohort = apply_budget(dataclasses.replace(base, slices_per_epoch=200, slices=24000,
+                                              train=dataclasses.replace(base.train, batch_size=32)))
+    assert (cohort.train.epochs, slices_seen(cohort)) == (108, 24192)
     small = dataclasses.replace(base, slices=160, train=dataclasses.replace(base.train, batch_size=4))
     run = pretrain(small, fake_patients(12))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -32,15 +32,20 @@ def apply_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
 def apply_budget(cfg: PretrainConfig) -> PretrainConfig:
     """``cfg`` with its schedule set from ``--slices``; unchanged when 0.
 
-    Epochs E = ceil(slices / slices per epoch) (the monitors' cadence stays about the same), and the
-    epoch is trimmed to ceil(slices / (E x batch size)) whole batches: the run draws at most E
-    batches more than the budget, whatever the batch size.
+    The budget is B = ceil(slices / batch size) steps, spread over E epochs of ceil(B / E) steps.
+    E is ceil(slices / slices per epoch) (the epoch keeps its length in slices) or ceil(B / S)
+    (it keeps its length in steps, S = ceil(slices per epoch / batch size)), whichever draws fewer
+    slices: the run draws fewer than E batches more than the budget, whatever the batch size.
+    With 200 patients per epoch at batch 32 a 24,000-slice budget is 108 epochs of 7 steps (24,192
+    slices) rather than 120 (26,880).
     """
     if not cfg.slices:
         return cfg
-    epochs = max(1, -(-cfg.slices // cfg.slices_per_epoch))
     batch = cfg.train.batch_size
-    per_epoch = -(-cfg.slices // (epochs * batch)) * batch
+    budget = -(-cfg.slices // batch)
+    candidates = {max(1, -(-cfg.slices // cfg.slices_per_epoch)), max(1, -(-budget // -(-cfg.slices_per_epoch // batch)))}
+    epochs = min(sorted(candidates), key=lambda e: e * -(-budget // e))
+    per_epoch = -(-budget // epochs) * batch
     return dataclasses.replace(cfg, slices_per_epoch=per_epoch, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
