@@ -192,8 +192,8 @@ class PretrainConfig:
                          "losses leave the collapsed start, docs/training.md) or none (the paper's)", choices=HEAD_NORMS)
     slices_per_epoch: int = opt(2000, "slices per epoch (the paper: 10000); steps per epoch = this / --batch-size, "
                                 "rounded up")
-    slices: int = opt(0, "training budget in slices seen (0 = --epochs x --slices-per-epoch): sets --epochs to "
-                      "ceil(slices / slices per epoch), so runs of any batch size compare at an equal budget")
+    slices: int = opt(0, "training budget in slices seen (0 = --epochs x --slices-per-epoch): sets --epochs (about "
+                      "slices / slices per epoch, within a batch per epoch), so runs of any batch size compare at an equal budget")
     position_groups: int = opt(4, "0 = each patient's slice drawn uniformly (the paper's); G > 0 = every batch in G "
                                "groups that share a slice position (close-position partners; docs/training.md)")
     monitor_fraction: float = opt(0.15, "share of the weak-set patients held out (stratified, fixed seed) for the "
