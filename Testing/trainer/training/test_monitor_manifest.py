@@ -64,7 +64,8 @@ def test_a_monitor_manifest_sharing_patients_is_refused(shared_by, monitored, tm
     code = main(["pretrain", "--manifest", str(train), "--monitor-manifest", str(monitor),
                  "--out", str(tmp_path / "run"), *TINY])
     err = capsys.readouterr().err
-    assert code == 2 and str(monitor) in err and f"(same {shared_by})" in err and "Traceback" not in err
+    why = "(same patient_id)" if shared_by == "patient_id" else "again-weak-0000 (same image content as weak-0000)"
+    assert code == 2 and str(monitor) in err and why in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

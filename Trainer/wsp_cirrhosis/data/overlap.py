@@ -51,6 +51,12 @@ def find_overlap(weak: Sequence[PatientRecord], histo: Sequence[PatientRecord],
     return shared
 
 
+def _listed(shared: list[dict]) -> str:
+    """The first SHOWN shared patients of `find_overlap`, named with why (and their twin when the ids differ)."""
+    return ", ".join(f"{s['patient_id']} (same {s['by']}" + ("" if s["weak_patient_id"] == s["patient_id"]
+                                                        else f" as {s['weak_patient_id']}") + ")" for s in shared[:SHOWN])
+
+
 def check_disjoint(weak: Sequence[PatientRecord], histo: Sequence[PatientRecord], weak_cache_dir: Path,
                    histo_cache_dir: Path, allow_overlap: bool = False, weak_name: str = "weak set") -> list[dict]:
     """Refuse histology patients that are in the weak set; return the overlap (empty when disjoint).
@@ -61,9 +67,7 @@ def check_disjoint(weak: Sequence[PatientRecord], histo: Sequence[PatientRecord]
     shared = find_overlap(weak, histo, image_hashes(weak, weak_cache_dir), image_hashes(histo, histo_cache_dir))
     if not shared:
         return []
-    listed = ", ".join(f"{s['patient_id']} (same {s['by']}" + ("" if s["weak_patient_id"] == s["patient_id"]
-                                                          else f" as {s['weak_patient_id']}") + ")" for s in shared[:SHOWN])
-    more = f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+    listed, more = _listed(shared), f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
     if not allow_overlap:
         raise InputError(f"{len(shared)} histology patient(s) are also in the {weak_name} used for pretraining: "
                          f"{listed}{more}; remove them, or pass --allow-overlap (recorded in the results)")
@@ -124,7 +128,6 @@ def check_held_out(train_manifest: str | Path, held_manifest: str | Path, cache_
     shared = find_overlap(train, held, image_hashes(train, Path(cache_dir or default_cache_dir(train_manifest))),
                           image_hashes(held, Path(cache_dir or default_cache_dir(held_manifest))))
     if shared:
-        listed = ", ".join(f"{s['patient_id']} (same {s['by']})" for s in shared[:SHOWN])
-        listed += f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+        listed = _listed(shared) + (f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else "")
         raise InputError(f"{held_manifest}: {len(shared)} patient(s) are also in {train_manifest}: {listed}; "
                          "monitor patients must never be trained on")
